@@ -1,0 +1,58 @@
+# The front door: `make run` (the demo) and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-unit lint format typecheck check migrate run demo worker daemon status bench bench-quick soak clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,local]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with every extra (idempotent)
+
+test: install  ## run the whole test suite (embedded servers unless TEST_*_URL are set)
+	$(PY) -m pytest
+
+test-unit: install  ## unit tests only: no I/O, about a second
+	$(PY) -m pytest tests/unit
+
+lint: install  ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install  ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: install  ## mypy --strict on the package
+	$(VENV)/bin/mypy --strict app
+
+check: lint typecheck test  ## lint + types + tests, what CI runs
+
+migrate: install  ## upgrade DATABASE_URL to head
+	$(PY) -m app migrate
+
+run: install  ## the demo: a fleet of agents sleeps and wakes over simulated days
+	$(PY) -m app demo
+
+worker: install  ## run the wake worker
+	$(PY) -m app worker
+
+daemon: install  ## run the budget daemon
+	$(PY) -m app daemon
+
+status: install  ## counts by status, due sleepers, today's spend
+	$(PY) -m app status
+
+clean:  ## remove the virtualenv, embedded servers' data and caches
+	-[ -x $(PY) ] && $(PY) -c "from app.local_services import stop_leftovers; stop_leftovers()" 2>/dev/null || true
+	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

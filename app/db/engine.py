@@ -1,0 +1,58 @@
+"""Engine and session factories: asyncpg driver, orjson JSON codecs, URL normalisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
+
+from app.domain import InvalidInput
+
+_ASYNC_DRIVER = "postgresql+asyncpg"
+_ACCEPTED = {"postgres", "postgresql", "postgresql+asyncpg"}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Return ``url`` with the asyncpg driver; accepts postgres:// and postgresql://."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # SQLAlchemy raises ArgumentError; keep the domain type
+        raise InvalidInput(f"not a database URL: {mask_password(str(url))}", field="url") from exc
+    if parsed.drivername not in _ACCEPTED:
+        raise InvalidInput(
+            f"unsupported database URL scheme {parsed.drivername!r}: use postgresql://"
+            " or postgresql+asyncpg://",
+            field="url",
+        )
+    return parsed.set(drivername=_ASYNC_DRIVER)
+
+
+def mask_password(url: str | URL) -> str:
+    """Render a URL with its password replaced by ``***``, safe to log or print."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """An ``AsyncEngine`` on asyncpg whose JSON columns go through orjson."""
+    kwargs.setdefault("pool_pre_ping", True)
+    return _create_async_engine(
+        normalize_url(url),
+        json_serializer=_dumps,
+        json_deserializer=orjson.loads,
+        **kwargs,
+    )
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Session factory for callers that own the transaction: ``async with f.begin() as s``."""
+    return async_sessionmaker(engine, expire_on_commit=False)

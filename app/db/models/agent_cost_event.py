@@ -1,0 +1,36 @@
+"""``agent_cost_events``: the append-only ledger of LLM calls (BDGT-06)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, Microdollars, Str100, Str255
+
+
+class AgentCostEvent(Base):
+    """One LLM call. ``request_id`` is the provider's id, unique so a retried charge counts once."""
+
+    __tablename__ = "agent_cost_events"
+    __table_args__ = (
+        CheckConstraint("input_tokens >= 0", name="input_tokens_non_negative"),
+        CheckConstraint("output_tokens >= 0", name="output_tokens_non_negative"),
+        CheckConstraint("cost_microdollars >= 0", name="cost_non_negative"),
+        Index(None, "clerk_user_id", "budget_day"),
+    )
+
+    request_id: Mapped[Str255] = mapped_column(unique=True)
+    # No cascade: money that was spent stays on the books even if a session row goes.
+    session_id: Mapped[Str255] = mapped_column(ForeignKey("agent_sessions.id"), index=True)
+    clerk_user_id: Mapped[Str255]
+    model: Mapped[Str100]
+    input_tokens: Mapped[int]
+    output_tokens: Mapped[int]
+    cost_microdollars: Mapped[Microdollars]
+    budget_day: Mapped[date]
+    id: Mapped[int] = mapped_column(
+        BigInteger, Identity(), primary_key=True, init=False, repr=False, sort_order=-1
+    )
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), init=False, repr=False)

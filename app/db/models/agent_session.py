@@ -1,0 +1,52 @@
+"""``agent_sessions``: one row per agent run, the unit that sleeps and wakes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, Index, func, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, Microdollars, Str50, Str100, Str255, check_in
+from app.domain import SessionStatus, Tier
+
+
+class AgentSession(Base):
+    """An agent run; ``model_used`` is fixed at creation (BDGT-05), ``version`` counts moves."""
+
+    __tablename__ = "agent_sessions"
+    __table_args__ = (
+        CheckConstraint(check_in("tier", Tier), name="tier"),
+        CheckConstraint(check_in("status", SessionStatus), name="status"),
+        CheckConstraint("cumulative_cost_microdollars >= 0", name="cumulative_cost_non_negative"),
+        CheckConstraint("daily_budget_microdollars >= 0", name="daily_budget_non_negative"),
+        # wake_at is set exactly while the session sleeps.
+        CheckConstraint(
+            "(status = 'sleeping') = (wake_at IS NOT NULL)", name="wake_at_iff_sleeping"
+        ),
+        Index(
+            "ix_agent_sessions_wake_at_sleeping",
+            "wake_at",
+            postgresql_where=text("status = 'sleeping'"),
+        ),
+    )
+
+    id: Mapped[Str255] = mapped_column(primary_key=True)
+    job_id: Mapped[Str255] = mapped_column(index=True)
+    clerk_user_id: Mapped[Str255] = mapped_column(index=True)
+    tier: Mapped[Str50]
+    model_used: Mapped[Str100]
+    status: Mapped[Str50] = mapped_column(
+        default=SessionStatus.WORKING.value, server_default=SessionStatus.WORKING.value
+    )
+    cumulative_cost_microdollars: Mapped[Microdollars] = mapped_column(
+        default=0, server_default=text("0")
+    )
+    daily_budget_microdollars: Mapped[Microdollars] = mapped_column(
+        default=0, server_default=text("0")
+    )
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now(), init=False)
+    last_checkpoint_at: Mapped[datetime | None] = mapped_column(default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    wake_at: Mapped[datetime | None] = mapped_column(default=None)
+    version: Mapped[int] = mapped_column(default=0, server_default=text("0"))

@@ -1,0 +1,39 @@
+"""``user_settings``: one row per user, owned by the billing side of the product."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, Identity, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, Microdollars, Str50, Str255, check_in
+from app.domain import Tier
+
+
+class UserSettings(Base):
+    """A subscriber: tier, Stripe ids, renewal date and an optional budget override."""
+
+    __tablename__ = "user_settings"
+    __table_args__ = (
+        CheckConstraint(check_in("tier", Tier), name="tier"),
+        CheckConstraint(
+            "budget_override_microdollars IS NULL OR budget_override_microdollars >= 0",
+            name="budget_override_non_negative",
+        ),
+    )
+
+    clerk_user_id: Mapped[Str255] = mapped_column(unique=True)
+    tier: Mapped[Str50]
+    id: Mapped[int] = mapped_column(
+        BigInteger, Identity(), primary_key=True, init=False, repr=False, sort_order=-1
+    )
+    stripe_customer_id: Mapped[Str255 | None] = mapped_column(default=None)
+    stripe_subscription_id: Mapped[Str255 | None] = mapped_column(default=None)
+    subscription_renewal_date: Mapped[datetime | None] = mapped_column(default=None)
+    # Admin override of the tier's period allowance.
+    budget_override_microdollars: Mapped[Microdollars | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), init=False, repr=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        server_default=func.now(), onupdate=func.now(), init=False, repr=False
+    )

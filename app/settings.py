@@ -1,0 +1,88 @@
+"""Runtime configuration: the one place that reads the environment."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.domain import Tier
+
+OPUS = "claude-opus-4-20250514"
+SONNET = "claude-sonnet-4-20250514"
+
+
+class ModelPrice(BaseModel):
+    """Price of one model in microdollars per million tokens."""
+
+    model_config = {"frozen": True}
+
+    input_per_mtok: NonNegativeInt
+    output_per_mtok: NonNegativeInt
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    return {
+        OPUS: ModelPrice(input_per_mtok=15_000_000, output_per_mtok=75_000_000),
+        SONNET: ModelPrice(input_per_mtok=3_000_000, output_per_mtok=15_000_000),
+    }
+
+
+Microdollars = Annotated[int, Field(ge=0)]
+
+
+class Settings(BaseSettings):
+    """Every knob of the library and its processes; ``Settings()`` works with no environment."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Servers. None means "start embedded servers" for the CLI (see app.local_services).
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    # Period allowance per tier, in microdollars (1 USD = 1_000_000).
+    tier_allowance_bootstrapper: Microdollars = 20_000_000
+    tier_allowance_partner: Microdollars = 100_000_000
+    tier_allowance_cto_scale: Microdollars = 500_000_000
+
+    # Model per tier (BDGT-05); fixed on the session when it is created.
+    tier_model_bootstrapper: str = SONNET
+    tier_model_partner: str = SONNET
+    tier_model_cto_scale: str = OPUS
+
+    # Prices, JSON in the environment: {"model": {"input_per_mtok": .., "output_per_mtok": ..}}.
+    model_prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+
+    # Checkpoint storage.
+    checkpoint_keep_last: PositiveInt = 5
+    checkpoint_keyframe_every: PositiveInt = 50
+
+    # Processes.
+    wake_poll_interval: PositiveFloat = 5.0
+    daemon_interval: PositiveFloat = 30.0
+    sleep_grace_seconds: NonNegativeInt = 300
+    batch_size: PositiveInt = 100
+    backoff_max_seconds: PositiveFloat = 30.0
+    store_timeout_seconds: PositiveFloat = 2.0
+    on_resume: str | None = None
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+
+    def allowance_for(self, tier: Tier) -> int:
+        """The tier's allowance for one billing period, in microdollars."""
+        return {
+            Tier.BOOTSTRAPPER: self.tier_allowance_bootstrapper,
+            Tier.PARTNER: self.tier_allowance_partner,
+            Tier.CTO_SCALE: self.tier_allowance_cto_scale,
+        }[Tier(tier)]
+
+    def model_for(self, tier: Tier) -> str:
+        """The model a new session of this tier runs on (BDGT-05)."""
+        return {
+            Tier.BOOTSTRAPPER: self.tier_model_bootstrapper,
+            Tier.PARTNER: self.tier_model_partner,
+            Tier.CTO_SCALE: self.tier_model_cto_scale,
+        }[Tier(tier)]

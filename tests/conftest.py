@@ -1,0 +1,100 @@
+"""Session-wide servers: a throwaway database migrated to head, and a per-run Redis prefix."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.db.engine import create_engine, create_session_factory
+from app.db.migrate import upgrade
+from tests.servers import plain_dsn, provide_servers
+
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[tuple[str, str]]:
+    with provide_servers() as urls:
+        yield urls
+
+
+@pytest.fixture(scope="session")
+async def make_database(
+    servers: tuple[str, str],
+) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """Factory of empty throwaway databases, each dropped when the run ends."""
+    admin_url = servers[0]
+    created: list[str] = []
+
+    async def make() -> str:
+        name = f"test_{RUN_ID}_{len(created)}"
+        conn = await asyncpg.connect(plain_dsn(admin_url))
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        created.append(name)
+        return (
+            make_url(admin_url)
+            .set(drivername="postgresql+asyncpg", database=name)
+            .render_as_string(hide_password=False)
+        )
+
+    yield make
+
+    conn = await asyncpg.connect(plain_dsn(admin_url))
+    try:
+        for name in created:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(make_database: Callable[[], Awaitable[str]]) -> str:
+    """The run's main database, migrated to head with ``app.db.migrate.upgrade``."""
+    url = await make_database()
+    engine = create_engine(url)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(database_url, pool_size=40, max_overflow=20)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_session_factory(engine)
+
+
+@pytest.fixture(scope="session")
+def redis_url(servers: tuple[str, str]) -> str:
+    return servers[1]
+
+
+@pytest.fixture(scope="session")
+def key_prefix() -> str:
+    """Every Redis key a test writes lives under this per-run prefix."""
+    return f"test:{RUN_ID}:agent:session"
+
+
+@pytest.fixture(scope="session")
+async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    async for key in client.scan_iter(match=f"test:{RUN_ID}:*", count=500):
+        await client.delete(key)
+    await client.aclose()
