@@ -1,0 +1,5 @@
+"""Repositories: async classes over an ``AsyncSession`` that flush but never commit."""
+
+from app.repositories.sessions import WAKE_CHANNEL, SessionRepository
+
+__all__ = ["WAKE_CHANNEL", "SessionRepository"]

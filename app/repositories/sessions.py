@@ -1,0 +1,250 @@
+"""SessionRepository: create sessions and move them through the state machine atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import AgentSession
+from app.domain import (
+    ALLOWED_SOURCES,
+    InvalidInput,
+    InvalidTransition,
+    SessionAlreadyExists,
+    SessionNotFound,
+    SessionStatus,
+    Tier,
+)
+from app.repositories.errors import translate_errors
+from app.validation import (
+    MAX_MODEL_LENGTH,
+    parse_enum,
+    parse_statuses,
+    require_aware,
+    require_int,
+    require_money,
+    require_text,
+)
+
+#: PostgreSQL channel on which ``request_wake`` announces sessions that are due now.
+#: The payload is a JSON array of session ids.
+WAKE_CHANNEL: Final = "agent_wake"
+# NOTIFY payloads must stay under 8000 bytes; ids are at most 255 characters.
+_NOTIFY_BATCH: Final = 25
+
+_columns = AgentSession.__table__.c
+
+
+class SessionRepository:
+    """Agent sessions. Never commits: the caller owns the transaction."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def create(
+        self,
+        *,
+        id: str,
+        job_id: str,
+        clerk_user_id: str,
+        tier: Tier | str,
+        model_used: str,
+        daily_budget_microdollars: int = 0,
+    ) -> AgentSession:
+        """Insert a ``working`` session; ``SessionAlreadyExists`` if the id is taken."""
+        values = {
+            "id": require_text(id, "id"),
+            "job_id": require_text(job_id, "job_id"),
+            "clerk_user_id": require_text(clerk_user_id, "clerk_user_id"),
+            "tier": parse_enum(Tier, tier, "tier").value,
+            "model_used": require_text(model_used, "model_used", max_length=MAX_MODEL_LENGTH),
+            "daily_budget_microdollars": require_money(
+                daily_budget_microdollars, "daily_budget_microdollars"
+            ),
+        }
+        # ON CONFLICT keeps the caller's transaction usable, unlike a caught IntegrityError.
+        stmt = (
+            insert(AgentSession)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=[_columns.id])
+            .returning(AgentSession)
+        )
+        with translate_errors(session_id=id):
+            created = await self.session.scalar(stmt)
+        if created is None:
+            raise SessionAlreadyExists(id)
+        return created
+
+    async def get(self, session_id: str) -> AgentSession:
+        """The session, freshly read; ``SessionNotFound`` if there is none."""
+        found = await self.get_or_none(session_id)
+        if found is None:
+            raise SessionNotFound(session_id)
+        return found
+
+    async def get_or_none(self, session_id: str) -> AgentSession | None:
+        """The session, freshly read, or None."""
+        require_text(session_id, "session_id")
+        stmt = select(AgentSession).where(_columns.id == session_id)
+        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        return result.one_or_none()
+
+    async def transition(
+        self,
+        session_id: str,
+        to: SessionStatus | str,
+        *,
+        expected: SessionStatus | str | Iterable[SessionStatus | str],
+        wake_at: datetime | None = None,
+    ) -> AgentSession:
+        """Move the session to ``to`` in one guarded UPDATE, if it is in one of ``expected``.
+
+        Raises ``InvalidTransition`` (with the current status) when another writer moved
+        first or the state machine has no such edge, and ``SessionNotFound``.
+        """
+        require_text(session_id, "session_id")
+        target = parse_enum(SessionStatus, to, "to")
+        sources = parse_statuses(expected) & ALLOWED_SOURCES[target]
+        values: dict[str, Any] = {"status": target.value, "version": _columns.version + 1}
+        if target is SessionStatus.SLEEPING:
+            if wake_at is None:
+                raise InvalidInput("entering sleeping requires wake_at", field="wake_at")
+            values["wake_at"] = require_aware(wake_at, "wake_at")
+        elif wake_at is not None:
+            raise InvalidInput(f"wake_at is only set when entering sleeping, not {target}")
+        else:
+            values["wake_at"] = None
+        if target is SessionStatus.COMPLETED:
+            values["completed_at"] = func.now()
+
+        stmt = (
+            update(AgentSession)
+            .where(_columns.id == session_id, _columns.status.in_([s.value for s in sources]))
+            .values(**values)
+            .returning(AgentSession)
+        )
+        with translate_errors(session_id=session_id):
+            moved = (
+                await self.session.scalars(stmt, execution_options={"populate_existing": True})
+            ).one_or_none()
+        if moved is not None:
+            return moved
+        # Failure path only: say why, from what the row holds now.
+        current = await self.session.scalar(
+            select(_columns.status).where(_columns.id == session_id)
+        )
+        if current is None:
+            raise SessionNotFound(session_id)
+        raise InvalidTransition(
+            session_id,
+            current=SessionStatus(current),
+            target=target,
+            expected=parse_statuses(expected),
+        )
+
+    async def add_cost(self, session_id: str, microdollars: int) -> int:
+        """Add to the session's cumulative cost atomically; returns the new total."""
+        require_text(session_id, "session_id")
+        require_money(microdollars, "microdollars")
+        stmt = (
+            update(AgentSession)
+            .where(_columns.id == session_id)
+            .values(
+                cumulative_cost_microdollars=_columns.cumulative_cost_microdollars + microdollars
+            )
+            .returning(_columns.cumulative_cost_microdollars)
+        )
+        with translate_errors(session_id=session_id):
+            total = await self.session.scalar(
+                stmt, execution_options={"synchronize_session": False}
+            )
+        if total is None:
+            raise SessionNotFound(session_id)
+        return int(total)
+
+    async def claim_due_for_wake(self, *, now: datetime, limit: int = 100) -> list[AgentSession]:
+        """Lock up to ``limit`` sleeping sessions whose ``wake_at`` has passed.
+
+        ``FOR UPDATE SKIP LOCKED``: concurrent claimers get disjoint sets. The locks last
+        until the caller's transaction ends, so wake them within it.
+        """
+        require_aware(now, "now")
+        require_int(limit, "limit", minimum=1, maximum=10_000)
+        stmt = (
+            select(AgentSession)
+            .where(
+                _columns.status == SessionStatus.SLEEPING.value,
+                _columns.wake_at <= now,
+            )
+            .order_by(_columns.wake_at, _columns.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        return list(result)
+
+    async def request_wake(
+        self,
+        *,
+        session_id: str | None = None,
+        clerk_user_id: str | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """Make sleeping sessions due at once (a top-up) and ``NOTIFY`` the workers.
+
+        Give exactly one of ``session_id`` or ``clerk_user_id``. The notification on
+        :data:`WAKE_CHANNEL` is delivered when the caller commits. Returns how many
+        sessions were made due.
+        """
+        if (session_id is None) == (clerk_user_id is None):
+            raise InvalidInput("give exactly one of session_id or clerk_user_id")
+        if session_id is not None:
+            match = _columns.id == require_text(session_id, "session_id")
+        else:
+            match = _columns.clerk_user_id == require_text(clerk_user_id, "clerk_user_id")
+        due = func.now() if now is None else require_aware(now, "now")
+        stmt = (
+            update(AgentSession)
+            .where(match, _columns.status == SessionStatus.SLEEPING.value)
+            .values(wake_at=func.least(_columns.wake_at, due))
+            .returning(_columns.id)
+        )
+        ids = list(
+            await self.session.scalars(stmt, execution_options={"synchronize_session": False})
+        )
+        for start in range(0, len(ids), _NOTIFY_BATCH):
+            payload = orjson.dumps(ids[start : start + _NOTIFY_BATCH]).decode()
+            await self.session.execute(select(func.pg_notify(WAKE_CHANNEL, payload)))
+        return len(ids)
+
+    async def list_by_status(
+        self,
+        status: SessionStatus | str,
+        *,
+        limit: int = 100,
+        after_id: str | None = None,
+    ) -> list[AgentSession]:
+        """One page of sessions in ``status`` ordered by id; pass the last id as ``after_id``."""
+        wanted = parse_enum(SessionStatus, status, "status")
+        require_int(limit, "limit", minimum=1, maximum=10_000)
+        stmt = select(AgentSession).where(_columns.status == wanted.value)
+        if after_id is not None:
+            stmt = stmt.where(_columns.id > require_text(after_id, "after_id"))
+        stmt = stmt.order_by(_columns.id).limit(limit)
+        return list(await self.session.scalars(stmt))
+
+    async def count_by_status(self) -> dict[SessionStatus, int]:
+        """How many sessions are in each status (zero included)."""
+        rows = await self.session.execute(
+            select(_columns.status, func.count()).group_by(_columns.status)
+        )
+        counts = dict.fromkeys(SessionStatus, 0)
+        for status, n in rows:
+            counts[SessionStatus(status)] = int(n)
+        return counts

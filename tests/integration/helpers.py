@@ -1,0 +1,42 @@
+"""Small builders shared by the integration tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.models import AgentSession
+from app.repositories import SessionRepository
+
+Factory = async_sessionmaker[AsyncSession]
+SONNET = "claude-sonnet-4-20250514"
+OPUS = "claude-opus-4-20250514"
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+def later(seconds: float = 3600) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+async def make_session(
+    factory: Factory,
+    session_id: str = "s-1",
+    *,
+    user: str = "u-1",
+    tier: str = "partner",
+    model: str = SONNET,
+    budget: int = 0,
+) -> AgentSession:
+    async with factory.begin() as s:
+        return await SessionRepository(s).create(
+            id=session_id,
+            job_id=f"job-{session_id}",
+            clerk_user_id=user,
+            tier=tier,
+            model_used=model,
+            daily_budget_microdollars=budget,
+        )

@@ -1,0 +1,125 @@
+"""RedisSessionStore against a real Redis: TTL, refresh, prefix, and bounded failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from app.domain import InvalidInput, SessionStoreUnavailable
+from app.session_store import SESSION_TTL, RedisSessionStore
+
+
+def test_session_ttl_is_25_hours() -> None:
+    assert SESSION_TTL == 90_000 == 25 * 3600
+
+
+async def test_put_then_get_round_trips_with_a_25h_ttl(store: RedisSessionStore) -> None:
+    state = {"status": "sleeping", "wake_at": "2031-01-02T00:00:00+00:00", "iteration": 7}
+    await store.put("s-1", state)
+    assert await store.get("s-1") == state
+    ttl = await store.ttl("s-1")
+    assert ttl is not None
+    assert SESSION_TTL - 2 <= ttl <= SESSION_TTL
+
+
+async def test_get_renews_the_ttl_unless_told_not_to(
+    store: RedisSessionStore, redis: Redis
+) -> None:
+    await store.put("s-1", {"status": "working"})
+    await redis.expire(store.key("s-1"), 100)
+    assert await store.get("s-1", refresh=False) == {"status": "working"}
+    assert await store.ttl("s-1") <= 100  # type: ignore[operator]
+    await store.get("s-1")
+    ttl = await store.ttl("s-1")
+    assert ttl is not None
+    assert ttl >= SESSION_TTL - 2
+
+
+async def test_touch_and_delete_say_whether_the_key_existed(store: RedisSessionStore) -> None:
+    assert await store.touch("s-1") is False
+    assert await store.delete("s-1") is False
+    await store.put("s-1", {"status": "working"})
+    assert await store.touch("s-1") is True
+    assert await store.delete("s-1") is True
+    assert await store.get("s-1") is None
+    assert await store.ttl("s-1") is None
+
+
+async def test_expired_key_reads_as_missing(store: RedisSessionStore, redis: Redis) -> None:
+    await store.put("s-1", {"status": "working"})
+    await redis.expire(store.key("s-1"), 0)
+    assert await store.get("s-1") is None
+
+
+async def test_keys_carry_the_prefix_and_nothing_else_is_touched(
+    store: RedisSessionStore, redis: Redis, key_prefix: str
+) -> None:
+    neighbour = f"{key_prefix}-neighbour:s-1"
+    await redis.set(neighbour, b"theirs")
+    try:
+        for sid in ("s-1", "*", "../s-1", "s-1:extra", "a b"):
+            await store.put(sid, {"id": sid})
+            assert store.key(sid) == f"{key_prefix}:{sid}"
+        keys = {k.decode() async for k in redis.scan_iter(match=f"{key_prefix}*")}
+        assert all(k.startswith(f"{key_prefix}:") for k in keys - {neighbour})
+        for sid in ("s-1", "*", "../s-1", "s-1:extra", "a b"):
+            assert await store.delete(sid)
+        assert await redis.get(neighbour) == b"theirs"
+    finally:
+        await redis.delete(neighbour)
+
+
+@pytest.mark.parametrize("session_id", ["", None, "x" * 256, "nul\x00"])
+async def test_bad_session_ids_are_typed_errors(
+    store: RedisSessionStore, session_id: object
+) -> None:
+    with pytest.raises(InvalidInput):
+        await store.put(session_id, {})  # type: ignore[arg-type]
+
+
+async def test_unserialisable_state_is_refused(store: RedisSessionStore) -> None:
+    with pytest.raises(InvalidInput):
+        await store.put("s-1", {"when": object()})
+    assert await store.get("s-1") is None
+
+
+async def test_closed_port_raises_unavailable_quickly() -> None:
+    client = Redis(host="127.0.0.1", port=1, socket_connect_timeout=30, socket_timeout=30)
+    store = RedisSessionStore(client, prefix="unused")
+    started = time.monotonic()
+    with pytest.raises(SessionStoreUnavailable):
+        await store.put("s-1", {"status": "working"})
+    assert time.monotonic() - started < 3
+    await client.aclose()
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server on loopback that accepts connections and never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield port
+    for w in held:
+        w.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_server_that_never_answers_raises_within_the_bound(silent_server: int) -> None:
+    client = Redis(host="127.0.0.1", port=silent_server, socket_timeout=None)
+    store = RedisSessionStore(client, prefix="unused", timeout=0.5)
+    for call in (store.get("s-1"), store.put("s-1", {}), store.ttl("s-1")):
+        started = time.monotonic()
+        with pytest.raises(SessionStoreUnavailable, match="longer than"):
+            await call
+        assert time.monotonic() - started < 1.5
+    await client.aclose()
