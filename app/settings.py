@@ -22,7 +22,8 @@ class ModelPrice(BaseModel):
     output_per_mtok: NonNegativeInt
 
 
-def _default_prices() -> dict[str, ModelPrice]:
+def default_prices() -> dict[str, ModelPrice]:
+    """The built-in price list (DESIGN.md §6)."""
     return {
         OPUS: ModelPrice(input_per_mtok=15_000_000, output_per_mtok=75_000_000),
         SONNET: ModelPrice(input_per_mtok=3_000_000, output_per_mtok=15_000_000),
@@ -54,7 +55,7 @@ class Settings(BaseSettings):
     tier_model_cto_scale: str = OPUS
 
     # Prices, JSON in the environment: {"model": {"input_per_mtok": .., "output_per_mtok": ..}}.
-    model_prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+    model_prices: dict[str, ModelPrice] = Field(default_factory=default_prices)
 
     # Checkpoint storage.
     checkpoint_keep_last: PositiveInt = 5

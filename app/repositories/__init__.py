@@ -1,5 +1,6 @@
 """Repositories: async classes over an ``AsyncSession`` that flush but never commit."""
 
+from app.repositories.budget import BudgetRepository, ChargeResult
 from app.repositories.sessions import WAKE_CHANNEL, SessionRepository
 
-__all__ = ["WAKE_CHANNEL", "SessionRepository"]
+__all__ = ["WAKE_CHANNEL", "BudgetRepository", "ChargeResult", "SessionRepository"]

@@ -1,0 +1,1 @@
+"""Budget arithmetic (pure) and model pricing."""

@@ -1,0 +1,336 @@
+"""BudgetRepository: the idempotent cost ledger and one budget row per user per UTC day."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.budget import policy
+from app.budget.pricing import MAX_TOKENS_PER_CALL, cost_microdollars
+from app.db.models import AgentCostEvent, AgentSession, BudgetDay, UserSettings
+from app.domain import Decision, InvalidInput, SessionNotFound, SessionStatus, Tier
+from app.repositories.errors import translate_errors
+from app.settings import Settings
+from app.validation import (
+    MAX_MODEL_LENGTH,
+    parse_enum,
+    require_aware,
+    require_int,
+    require_text,
+)
+
+_ev = AgentCostEvent.__table__.c
+_day = BudgetDay.__table__.c
+_ses = AgentSession.__table__.c
+_us = UserSettings.__table__.c
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    """Outcome of a charge: its cost, the day's spend and budget after it, and the decision."""
+
+    cost_microdollars: int
+    spent_microdollars: int
+    budget_microdollars: int
+    decision: Decision
+    duplicate: bool
+
+
+def _stops(spent: ColumnElement[int], budget: ColumnElement[int]) -> ColumnElement[bool]:
+    """SQL twin of ``policy.decide(...) is STOP``: above 110 % of a non-zero budget."""
+    return and_(budget > 0, spent * 100 > budget * policy.STOP_ABOVE)
+
+
+class BudgetRepository:
+    """Charges and daily budgets. Never commits: the caller owns the transaction."""
+
+    def __init__(self, session: AsyncSession, settings: Settings) -> None:
+        self.session = session
+        self.settings = settings
+
+    # ----------------------------------------------------------------- charge
+
+    async def charge(
+        self,
+        *,
+        session_id: str,
+        request_id: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        now: datetime | None = None,
+    ) -> ChargeResult:
+        """Record one LLM call (BDGT-06) and return the day's decision.
+
+        Idempotent on ``request_id``: a repeat charges nothing and reports the original
+        cost with the day's current figures and ``duplicate=True``. A ``stop`` moves a
+        ``working`` session to ``budget_exceeded`` in the same transaction (BDGT-07).
+        The common case is a single statement; the first charge of a user's day adds
+        the reads that compute the day's budget.
+        """
+        require_text(session_id, "session_id")
+        require_text(request_id, "request_id")
+        require_text(model, "model", max_length=MAX_MODEL_LENGTH)
+        require_int(input_tokens, "input_tokens", maximum=MAX_TOKENS_PER_CALL)
+        require_int(output_tokens, "output_tokens", maximum=MAX_TOKENS_PER_CALL)
+        moment = datetime.now(UTC) if now is None else require_aware(now, "now")
+        cost = cost_microdollars(
+            model, input_tokens, output_tokens, prices=self.settings.model_prices
+        )
+        day = policy.budget_day(moment)
+
+        with translate_errors(session_id=session_id):
+            statement = self._charge_statement(
+                session_id=session_id,
+                request_id=request_id,
+                model=model,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost=cost,
+                day=day,
+            )
+            row = (await self.session.execute(statement)).one()
+            if not row.found:
+                raise SessionNotFound(session_id)
+            if not row.inserted:
+                return await self._duplicate(request_id, session_id, day)
+            if row.spent is not None:
+                return ChargeResult(
+                    cost, row.spent, row.budget, policy.decide(row.spent, row.budget), False
+                )
+            # First charge of this user's day: create the row, then charge the session.
+            budget = await self._compute_budget(row.clerk_user_id, day, Tier(row.tier))
+            spent, budget = await self._add_to_day(row.clerk_user_id, day, budget, cost)
+            await self._charge_session(session_id, cost, spent, budget)
+        return ChargeResult(cost, spent, budget, policy.decide(spent, budget), False)
+
+    def _charge_statement(
+        self,
+        *,
+        session_id: str,
+        request_id: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost: int,
+        day: date,
+    ) -> Select[Any]:
+        # 1. the ledger row, once per request_id
+        owner = select(_ses.id, _ses.clerk_user_id, _ses.tier).where(_ses.id == session_id)
+        owner_cte = owner.cte("owner")
+        event = (
+            insert(AgentCostEvent)
+            .from_select(
+                [
+                    "request_id",
+                    "session_id",
+                    "clerk_user_id",
+                    "model",
+                    "input_tokens",
+                    "output_tokens",
+                    "cost_microdollars",
+                    "budget_day",
+                ],
+                select(
+                    literal(request_id),
+                    owner_cte.c.id,
+                    owner_cte.c.clerk_user_id,
+                    literal(model),
+                    literal(input_tokens),
+                    literal(output_tokens),
+                    literal(cost),
+                    literal(day),
+                ),
+            )
+            .on_conflict_do_nothing(index_elements=[_ev.request_id])
+            .returning(_ev.clerk_user_id)
+            .cte("event")
+        )
+        # 2. the day's spend, when the day's row exists already (locks it first)
+        spend = (
+            update(BudgetDay)
+            .where(
+                _day.clerk_user_id == event.c.clerk_user_id,
+                _day.day == day,
+            )
+            .values(spent_microdollars=_day.spent_microdollars + cost)
+            .returning(_day.spent_microdollars, _day.budget_microdollars)
+            .cte("spend")
+        )
+        # 3. the session's cumulative cost, and budget_exceeded above 110 % (BDGT-07)
+        spent = select(spend.c.spent_microdollars).scalar_subquery()
+        budget = select(spend.c.budget_microdollars).scalar_subquery()
+        stop = and_(_ses.status == SessionStatus.WORKING.value, _stops(spent, budget))
+        session_update = (
+            update(AgentSession)
+            .where(_ses.id == session_id, exists(select(spend.c.spent_microdollars)))
+            .values(
+                cumulative_cost_microdollars=_ses.cumulative_cost_microdollars + cost,
+                status=case((stop, SessionStatus.BUDGET_EXCEEDED.value), else_=_ses.status),
+                version=_ses.version + case((stop, 1), else_=0),
+            )
+            .returning(_ses.id)
+            .cte("session_update")
+        )
+        return select(
+            exists(select(owner_cte.c.id)).label("found"),
+            exists(select(event.c.clerk_user_id)).label("inserted"),
+            select(owner_cte.c.clerk_user_id).scalar_subquery().label("clerk_user_id"),
+            select(owner_cte.c.tier).scalar_subquery().label("tier"),
+            spent.label("spent"),
+            budget.label("budget"),
+            # Referencing the CTE is what makes SQLAlchemy render it; PostgreSQL runs
+            # every data-modifying CTE to completion whether or not it is read.
+            exists(select(session_update.c.id)).label("session_updated"),
+        )
+
+    async def _add_to_day(self, user: str, day: date, budget: int, cost: int) -> tuple[int, int]:
+        # Concurrent first charges race here: one inserts, the others add to its row.
+        stmt = (
+            insert(BudgetDay)
+            .values(
+                clerk_user_id=user, day=day, budget_microdollars=budget, spent_microdollars=cost
+            )
+            .on_conflict_do_update(
+                index_elements=[_day.clerk_user_id, _day.day],
+                set_={"spent_microdollars": _day.spent_microdollars + cost},
+            )
+            .returning(_day.spent_microdollars, _day.budget_microdollars)
+        )
+        spent, stored_budget = (await self.session.execute(stmt)).one()
+        return int(spent), int(stored_budget)
+
+    async def _charge_session(self, session_id: str, cost: int, spent: int, budget: int) -> None:
+        stop = _ses.status == SessionStatus.WORKING.value
+        stopping = policy.decide(spent, budget) is Decision.STOP
+        values: dict[str, object] = {
+            "cumulative_cost_microdollars": _ses.cumulative_cost_microdollars + cost
+        }
+        if stopping:
+            values["status"] = case((stop, SessionStatus.BUDGET_EXCEEDED.value), else_=_ses.status)
+            values["version"] = _ses.version + case((stop, 1), else_=0)
+        await self.session.execute(
+            update(AgentSession).where(_ses.id == session_id).values(**values),
+            execution_options={"synchronize_session": False},
+        )
+
+    async def _duplicate(self, request_id: str, session_id: str, day: date) -> ChargeResult:
+        # A new statement, so a concurrent first writer's committed row is visible.
+        original = (
+            await self.session.execute(
+                select(_ev.cost_microdollars, _ev.clerk_user_id, _ev.budget_day).where(
+                    _ev.request_id == request_id
+                )
+            )
+        ).one()
+        spent, budget = await self._day_figures(original.clerk_user_id, original.budget_day)
+        return ChargeResult(
+            int(original.cost_microdollars), spent, budget, policy.decide(spent, budget), True
+        )
+
+    async def _day_figures(self, user: str, day: date) -> tuple[int, int]:
+        row = (
+            await self.session.execute(
+                select(_day.spent_microdollars, _day.budget_microdollars).where(
+                    _day.clerk_user_id == user, _day.day == day
+                )
+            )
+        ).one_or_none()
+        if row is None:  # only if the day's row was deleted by hand
+            return 0, await self.daily_budget(user, day)
+        return int(row.spent_microdollars), int(row.budget_microdollars)
+
+    # ------------------------------------------------------------ daily budget
+
+    async def _compute_budget(self, user: str, day: date, fallback_tier: Tier | None) -> int:
+        """BDGT-01 for ``user`` on ``day``, from user_settings (or the session's tier)."""
+        settings_row = (
+            await self.session.execute(
+                select(
+                    _us.tier, _us.subscription_renewal_date, _us.budget_override_microdollars
+                ).where(_us.clerk_user_id == user)
+            )
+        ).one_or_none()
+        if settings_row is None:
+            # No billing row: the session's tier over a 30-day period, never zero.
+            tier = fallback_tier or await self._latest_session_tier(user)
+            return policy.daily_budget(
+                self.settings.allowance_for(tier), 0, policy.DEFAULT_PERIOD_DAYS
+            )
+        tier = Tier(settings_row.tier)
+        allowance = settings_row.budget_override_microdollars
+        if allowance is None:
+            allowance = self.settings.allowance_for(tier)
+        renewal = settings_row.subscription_renewal_date
+        if renewal is None:
+            return policy.daily_budget(allowance, 0, policy.DEFAULT_PERIOD_DAYS)
+        start = policy.period_start(renewal, day)
+        spent_before = await self.session.scalar(
+            select(func.coalesce(func.sum(_day.spent_microdollars), 0)).where(
+                _day.clerk_user_id == user, _day.day >= start, _day.day < day
+            )
+        )
+        return policy.daily_budget(
+            allowance, int(spent_before or 0), policy.days_until_renewal(day, renewal)
+        )
+
+    async def _latest_session_tier(self, user: str) -> Tier:
+        tier = await self.session.scalar(
+            select(_ses.tier)
+            .where(_ses.clerk_user_id == user)
+            .order_by(_ses.started_at.desc())
+            .limit(1)
+        )
+        if tier is None:
+            raise InvalidInput(
+                f"user {user!r} has neither user_settings nor a session: no tier to budget by",
+                field="clerk_user_id",
+            )
+        return Tier(tier)
+
+    async def daily_budget(
+        self, clerk_user_id: str, day: date, *, tier: Tier | str | None = None
+    ) -> int:
+        """The user's budget for ``day``, creating the day's row if it is missing.
+
+        The amount is fixed when the row is created; later changes to the settings
+        apply from the next day on.
+        """
+        require_text(clerk_user_id, "clerk_user_id")
+        if not isinstance(day, date) or isinstance(day, datetime):
+            raise InvalidInput(f"day must be a date, not {type(day).__name__}", field="day")
+        fallback = None if tier is None else parse_enum(Tier, tier, "tier")
+        existing = await self.session.scalar(
+            select(_day.budget_microdollars).where(
+                _day.clerk_user_id == clerk_user_id, _day.day == day
+            )
+        )
+        if existing is not None:
+            return int(existing)
+        budget = await self._compute_budget(clerk_user_id, day, fallback)
+        stmt = (
+            insert(BudgetDay)
+            .values(clerk_user_id=clerk_user_id, day=day, budget_microdollars=budget)
+            .on_conflict_do_update(
+                index_elements=[_day.clerk_user_id, _day.day],
+                # A no-op update, so RETURNING yields the row a concurrent caller made.
+                set_={"budget_microdollars": _day.budget_microdollars},
+            )
+            .returning(_day.budget_microdollars)
+        )
+        return int(await self.session.scalar(stmt) or 0)
+
+    async def spent(self, clerk_user_id: str, day: date) -> int:
+        """What the user has spent on ``day`` so far (0 when there is no row)."""
+        require_text(clerk_user_id, "clerk_user_id")
+        value = await self.session.scalar(
+            select(_day.spent_microdollars).where(
+                _day.clerk_user_id == clerk_user_id, _day.day == day
+            )
+        )
+        return int(value or 0)
