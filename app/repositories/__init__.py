@@ -1,6 +1,14 @@
 """Repositories: async classes over an ``AsyncSession`` that flush but never commit."""
 
 from app.repositories.budget import BudgetRepository, ChargeResult
+from app.repositories.checkpoints import CheckpointInfo, CheckpointRepository
 from app.repositories.sessions import WAKE_CHANNEL, SessionRepository
 
-__all__ = ["WAKE_CHANNEL", "BudgetRepository", "ChargeResult", "SessionRepository"]
+__all__ = [
+    "WAKE_CHANNEL",
+    "BudgetRepository",
+    "ChargeResult",
+    "CheckpointInfo",
+    "CheckpointRepository",
+    "SessionRepository",
+]

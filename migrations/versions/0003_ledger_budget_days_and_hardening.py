@@ -146,6 +146,10 @@ def upgrade() -> None:
         sa.Column("base_message_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
     )
     op.add_column("agent_checkpoints", sa.Column("parent_iteration", sa.Integer()))
+    op.add_column(
+        "agent_checkpoints",
+        sa.Column("delta_depth", sa.Integer(), server_default=sa.text("0"), nullable=False),
+    )
     op.add_column("agent_checkpoints", sa.Column("history_digest", sa.LargeBinary()))
     # Existing rows hold their whole history: they are keyframes. Their digest stays
     # NULL, so the next save after the upgrade writes a keyframe instead of a delta.
@@ -208,6 +212,11 @@ def upgrade() -> None:
         op.f("ck_agent_checkpoints_delta_has_parent"),
         "agent_checkpoints",
         "(base_message_count = 0) OR (parent_iteration IS NOT NULL)",
+    )
+    op.create_check_constraint(
+        op.f("ck_agent_checkpoints_delta_depth_consistent"),
+        "agent_checkpoints",
+        "(base_message_count = 0) = (delta_depth = 0) AND delta_depth >= 0",
     )
 
     # --------------------------------------------------------- agent_cost_events
@@ -281,6 +290,7 @@ def downgrade() -> None:
 
     # --------------------------------------------------------- agent_checkpoints
     for name in (
+        "delta_depth_consistent",
         "delta_has_parent",
         "base_within_count",
         "daily_budget_non_negative",
@@ -321,7 +331,13 @@ def downgrade() -> None:
         FROM chain WHERE chain.id = t.id AND t.base_message_count > 0
         """
     )
-    for column in ("history_digest", "parent_iteration", "base_message_count", "message_count"):
+    for column in (
+        "history_digest",
+        "delta_depth",
+        "parent_iteration",
+        "base_message_count",
+        "message_count",
+    ):
         op.drop_column("agent_checkpoints", column)
     for column in JSONB_COLUMNS:
         op.alter_column(

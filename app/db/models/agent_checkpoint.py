@@ -43,6 +43,10 @@ class AgentCheckpoint(Base):
             "(base_message_count = 0) OR (parent_iteration IS NOT NULL)",
             name="delta_has_parent",
         ),
+        CheckConstraint(
+            "(base_message_count = 0) = (delta_depth = 0) AND delta_depth >= 0",
+            name="delta_depth_consistent",
+        ),
     )
 
     session_id: Mapped[Str255] = mapped_column(ForeignKey("agent_sessions.id", ondelete="CASCADE"))
@@ -62,6 +66,8 @@ class AgentCheckpoint(Base):
     message_count: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     base_message_count: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     parent_iteration: Mapped[int | None] = mapped_column(default=None)
+    # Deltas between this row and its keyframe; bounds the chain a load must walk.
+    delta_depth: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     history_digest: Mapped[bytes | None] = mapped_column(LargeBinary, default=None, repr=False)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now(), init=False, repr=False)
     updated_at: Mapped[datetime] = mapped_column(
