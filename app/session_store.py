@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -19,7 +19,7 @@ from app.domain import InvalidInput, SessionStoreUnavailable
 from app.validation import require_int, require_text
 
 if TYPE_CHECKING:
-    from app.db.models import AgentCheckpoint, AgentSession
+    from app.db.models import AgentSession
 
 #: 25 hours: a key written before an overnight sleep is still there at the next wake.
 SESSION_TTL: Final = 90_000
@@ -106,8 +106,19 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+class CheckpointMeta(Protocol):
+    """What a snapshot needs of a checkpoint (an ``AgentCheckpoint`` or a ``CheckpointInfo``)."""
+
+    @property
+    def iteration_number(self) -> int: ...
+    @property
+    def current_phase(self) -> str | None: ...
+    @property
+    def sandbox_id(self) -> str | None: ...
+
+
 def session_snapshot(
-    session: AgentSession, checkpoint: AgentCheckpoint | None = None
+    session: AgentSession, checkpoint: CheckpointMeta | None = None
 ) -> dict[str, Any]:
     """What the store holds for a session: the row and the latest checkpoint's metadata.
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Collection, Iterable
+from datetime import date, datetime
 from typing import Any, Final
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import AgentSession
+from app.budget.policy import STOP_ABOVE
+from app.db.models import AgentSession, BudgetDay
 from app.domain import (
     ALLOWED_SOURCES,
     InvalidInput,
@@ -39,6 +40,7 @@ WAKE_CHANNEL: Final = "agent_wake"
 _NOTIFY_BATCH: Final = 25
 
 _columns = AgentSession.__table__.c
+_budget_days = BudgetDay.__table__
 
 
 class SessionRepository:
@@ -168,11 +170,28 @@ class SessionRepository:
             raise SessionNotFound(session_id)
         return int(total)
 
-    async def claim_due_for_wake(self, *, now: datetime, limit: int = 100) -> list[AgentSession]:
+    async def set_daily_budget(self, session_id: str, microdollars: int) -> None:
+        """Record the day's budget on the session (a snapshot; ``budget_days`` is the truth)."""
+        require_text(session_id, "session_id")
+        require_money(microdollars, "microdollars")
+        result = await self.session.execute(
+            update(AgentSession)
+            .where(_columns.id == session_id)
+            .values(daily_budget_microdollars=microdollars)
+            .returning(_columns.id),
+            execution_options={"synchronize_session": False},
+        )
+        if result.scalar() is None:
+            raise SessionNotFound(session_id)
+
+    async def claim_due_for_wake(
+        self, *, now: datetime, limit: int = 100, exclude: Collection[str] = ()
+    ) -> list[AgentSession]:
         """Lock up to ``limit`` sleeping sessions whose ``wake_at`` has passed.
 
         ``FOR UPDATE SKIP LOCKED``: concurrent claimers get disjoint sets. The locks last
-        until the caller's transaction ends, so wake them within it.
+        until the caller's transaction ends, so wake them within it. ``exclude`` skips
+        ids the caller already failed to wake in this pass.
         """
         require_aware(now, "now")
         require_int(limit, "limit", minimum=1, maximum=10_000)
@@ -181,6 +200,7 @@ class SessionRepository:
             .where(
                 _columns.status == SessionStatus.SLEEPING.value,
                 _columns.wake_at <= now,
+                _columns.id.not_in(list(exclude)) if exclude else true(),
             )
             .order_by(_columns.wake_at, _columns.id)
             .limit(limit)
@@ -188,6 +208,94 @@ class SessionRepository:
         )
         result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
         return list(result)
+
+    async def next_wake_at(self) -> datetime | None:
+        """The earliest ``wake_at`` of any sleeping session (uses the partial index)."""
+        earliest: datetime | None = await self.session.scalar(
+            select(func.min(_columns.wake_at)).where(
+                _columns.status == SessionStatus.SLEEPING.value
+            )
+        )
+        return earliest
+
+    async def due_stats(self, *, now: datetime) -> tuple[int, datetime | None]:
+        """How many sleepers are due at ``now``, and the oldest due ``wake_at``."""
+        require_aware(now, "now")
+        count, oldest = (
+            await self.session.execute(
+                select(func.count(), func.min(_columns.wake_at)).where(
+                    _columns.status == SessionStatus.SLEEPING.value, _columns.wake_at <= now
+                )
+            )
+        ).one()
+        return int(count), oldest
+
+    async def sleep_over_budget(
+        self, *, day: date, silent_since: datetime, wake_at: datetime, limit: int = 100
+    ) -> list[AgentSession]:
+        """The daemon's safety net: put to sleep working sessions whose user is at or over
+        ``day``'s budget and that have not checkpointed since ``silent_since``.
+
+        One guarded UPDATE over rows locked with ``SKIP LOCKED``, so daemons can overlap.
+        """
+        require_aware(silent_since, "silent_since")
+        require_aware(wake_at, "wake_at")
+        over = self._working_over_budget(
+            day, _budget_days.c.spent_microdollars >= _budget_days.c.budget_microdollars
+        )
+        victims = (
+            over.where(
+                func.coalesce(_columns.last_checkpoint_at, _columns.started_at) < silent_since
+            )
+            .limit(limit)
+            .with_for_update(of=AgentSession, skip_locked=True)
+        )
+        stmt = (
+            update(AgentSession)
+            .where(_columns.id.in_(victims), _columns.status == SessionStatus.WORKING.value)
+            .values(
+                status=SessionStatus.SLEEPING.value, wake_at=wake_at, version=_columns.version + 1
+            )
+            .returning(AgentSession)
+        )
+        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        return list(result)
+
+    async def stop_over_budget(self, *, day: date, limit: int = 100) -> list[AgentSession]:
+        """Move working sessions whose user is above 110 % of ``day``'s budget to
+        ``budget_exceeded`` (BDGT-07), in one guarded UPDATE."""
+        over = self._working_over_budget(
+            day,
+            and_(
+                _budget_days.c.budget_microdollars > 0,
+                _budget_days.c.spent_microdollars * 100
+                > _budget_days.c.budget_microdollars * STOP_ABOVE,
+            ),
+        )
+        victims = over.limit(limit).with_for_update(of=AgentSession, skip_locked=True)
+        stmt = (
+            update(AgentSession)
+            .where(_columns.id.in_(victims), _columns.status == SessionStatus.WORKING.value)
+            .values(status=SessionStatus.BUDGET_EXCEEDED.value, version=_columns.version + 1)
+            .returning(AgentSession)
+        )
+        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        return list(result)
+
+    @staticmethod
+    def _working_over_budget(day: date, condition: ColumnElement[bool]) -> Select[tuple[str]]:
+        return (
+            select(_columns.id)
+            .join(
+                _budget_days,
+                and_(
+                    _budget_days.c.clerk_user_id == _columns.clerk_user_id,
+                    _budget_days.c.day == day,
+                ),
+            )
+            .where(_columns.status == SessionStatus.WORKING.value, condition)
+            .order_by(_columns.id)
+        )
 
     async def request_wake(
         self,

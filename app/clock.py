@@ -1,0 +1,45 @@
+"""Clocks: the real UTC clock, and a virtual one that crosses midnight in milliseconds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+#: What workers and lifecycle functions take: a callable returning an aware datetime.
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class VirtualClock:
+    """Simulated time: starts at ``start`` and runs ``speed`` times faster than real time.
+
+    ``advance()`` jumps ahead; the clock never goes backwards.
+    """
+
+    def __init__(self, start: datetime, *, speed: float = 1.0) -> None:
+        if start.tzinfo is None:
+            raise ValueError("start must be timezone-aware")
+        self._origin = start
+        self._real_origin = time.monotonic()
+        self._offset = timedelta(0)
+        self.speed = speed
+
+    def __call__(self) -> datetime:
+        elapsed = (time.monotonic() - self._real_origin) * self.speed
+        return self._origin + self._offset + timedelta(seconds=elapsed)
+
+    def advance(self, delta: timedelta) -> datetime:
+        """Jump ``delta`` ahead and return the new time."""
+        if delta < timedelta(0):
+            raise ValueError("a clock does not go backwards")
+        self._offset += delta
+        return self()
+
+    def real_seconds(self, virtual: timedelta) -> float:
+        """How long ``virtual`` takes on this clock, in real seconds."""
+        return max(0.0, virtual.total_seconds() / self.speed) if self.speed > 0 else float("inf")

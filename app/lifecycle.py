@@ -1,0 +1,290 @@
+"""Use cases: start, sleep, wake, stop, resume and complete a session.
+
+Each PostgreSQL part is one transaction. The Redis key is written after the commit:
+a Redis failure is logged and retried, and never rolls PostgreSQL back, which stays
+the source of truth (a lost key is rebuilt from it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.budget import policy
+from app.clock import Clock, utc_now
+from app.db.models import AgentCheckpoint, AgentSession
+from app.domain import InvalidTransition, SessionStatus, SessionStoreUnavailable, Tier
+from app.repositories import BudgetRepository, CheckpointRepository, SessionRepository
+from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
+from app.settings import Settings
+from app.validation import parse_enum, require_text
+
+log = logging.getLogger("app.lifecycle")
+
+S = SessionStatus
+STORE_ATTEMPTS: Final = 3
+STORE_RETRY_DELAY: Final = 0.05
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the use cases need: the database, the store, settings and a clock."""
+
+    session_factory: async_sessionmaker[AsyncSession]
+    store: RedisSessionStore
+    settings: Settings
+    clock: Clock = utc_now
+    #: Session ids whose Redis key could not be written; rebuilt later from PostgreSQL.
+    pending_keys: set[str] = field(default_factory=set, compare=False)
+
+    def checkpoints(self, s: AsyncSession) -> CheckpointRepository:
+        return CheckpointRepository(
+            s,
+            keep_last=self.settings.checkpoint_keep_last,
+            keyframe_every=self.settings.checkpoint_keyframe_every,
+        )
+
+
+@dataclass(frozen=True)
+class RestoredSession:
+    """A woken session and its latest checkpoint (None if it never saved one)."""
+
+    session: AgentSession
+    checkpoint: AgentCheckpoint | None
+
+
+async def write_key(
+    rt: Runtime, session: AgentSession, checkpoint: CheckpointMeta | None = None
+) -> bool:
+    """Write the session's Redis key after a commit; on failure remember it for repair."""
+    snapshot = session_snapshot(session, checkpoint)
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            await rt.store.put(session.id, snapshot)
+        except SessionStoreUnavailable as exc:
+            if attempt == STORE_ATTEMPTS:
+                log.warning("store_error session=%s error=%r", session.id, str(exc))
+                rt.pending_keys.add(session.id)
+                return False
+            await asyncio.sleep(STORE_RETRY_DELAY * attempt)
+        else:
+            rt.pending_keys.discard(session.id)
+            return True
+    return False  # pragma: no cover
+
+
+async def repair_keys(rt: Runtime) -> int:
+    """Rewrite the keys that failed earlier from PostgreSQL; returns how many were fixed."""
+    fixed = 0
+    for session_id in sorted(rt.pending_keys):
+        async with rt.session_factory() as s:
+            session = await SessionRepository(s).get_or_none(session_id)
+            latest = await rt.checkpoints(s).list(session_id, limit=1) if session else []
+        if session is None:
+            rt.pending_keys.discard(session_id)
+            continue
+        if session.status == S.COMPLETED:
+            try:
+                await rt.store.delete(session_id)
+            except SessionStoreUnavailable:
+                return fixed
+            rt.pending_keys.discard(session_id)
+            fixed += 1
+            continue
+        if not await write_key(rt, session, latest[0] if latest else None):
+            break  # Redis is still down: try again on the next tick
+        fixed += 1
+    return fixed
+
+
+async def start_session(
+    rt: Runtime, *, session_id: str, job_id: str, clerk_user_id: str, tier: Tier | str
+) -> AgentSession:
+    """Create a working session: the tier's model (BDGT-05), today's budget, the Redis key."""
+    tier = parse_enum(Tier, tier, "tier")
+    require_text(clerk_user_id, "clerk_user_id")
+    today = policy.budget_day(rt.clock())
+    async with rt.session_factory.begin() as s:
+        budget = await BudgetRepository(s, rt.settings).daily_budget(
+            clerk_user_id, today, tier=tier
+        )
+        session = await SessionRepository(s).create(
+            id=session_id,
+            job_id=job_id,
+            clerk_user_id=clerk_user_id,
+            tier=tier,
+            model_used=rt.settings.model_for(tier),
+            daily_budget_microdollars=budget,
+        )
+    log.info(
+        "start session=%s user=%s tier=%s model=%s",
+        session.id,
+        clerk_user_id,
+        tier,
+        session.model_used,
+    )
+    await write_key(rt, session)
+    return session
+
+
+async def sleep_session(
+    rt: Runtime, checkpoint: AgentCheckpoint, *, reason: str = "daily budget spent"
+) -> AgentSession:
+    """Checkpoint (``agent_state="sleeping"``) and sleep until the next 00:00 UTC (BDGT-02).
+
+    If the budget daemon put the session to sleep first, the checkpoint is still saved
+    and the session returned as it is.
+    """
+    cp = replace_state(checkpoint, S.SLEEPING)
+    wake_at = policy.next_budget_day_start(rt.clock())
+    async with rt.session_factory.begin() as s:
+        stored = await rt.checkpoints(s).save(cp)
+        repo = SessionRepository(s)
+        try:
+            session = await repo.transition(
+                cp.session_id, S.SLEEPING, expected=S.WORKING, wake_at=wake_at
+            )
+        except InvalidTransition as exc:
+            if exc.current is not S.SLEEPING:
+                raise
+            session = await repo.get(cp.session_id)
+            reason = "already asleep"
+    log.info(
+        "sleep session=%s reason=%r wake_at=%s iteration=%d",
+        session.id, reason, session.wake_at.isoformat() if session.wake_at else None,
+        stored.iteration_number,
+    )  # fmt: skip
+    await write_key(rt, session, stored)
+    return session
+
+
+async def wake_in(rt: Runtime, s: AsyncSession, session_id: str) -> RestoredSession:
+    """The PostgreSQL part of a wake, inside the caller's transaction.
+
+    Moves ``sleeping -> working``, books the new day's budget (a new ``budget_days``
+    row) and loads the latest checkpoint.
+    """
+    repo = SessionRepository(s)
+    session = await repo.transition(session_id, S.WORKING, expected=S.SLEEPING)
+    today = policy.budget_day(rt.clock())
+    budget = await BudgetRepository(s, rt.settings).daily_budget(
+        session.clerk_user_id, today, tier=Tier(session.tier)
+    )
+    await repo.set_daily_budget(session_id, budget)
+    session.daily_budget_microdollars = budget
+    checkpoint = await rt.checkpoints(s).load_latest(session_id)
+    return RestoredSession(session, checkpoint)
+
+
+async def wake_session(
+    rt: Runtime, session_id: str, *, reason: str = "requested"
+) -> RestoredSession:
+    """Wake one sleeping session now, in its own transaction (BDGT-03)."""
+    async with rt.session_factory.begin() as s:
+        restored = await wake_in(rt, s, session_id)
+    log_wake(restored, reason)
+    await write_key(rt, restored.session, restored.checkpoint)
+    return restored
+
+
+def log_wake(restored: RestoredSession, reason: str) -> None:
+    cp = restored.checkpoint
+    log.info(
+        "wake session=%s reason=%r iteration=%s budget=%d",
+        restored.session.id, reason, cp.iteration_number if cp else None,
+        restored.session.daily_budget_microdollars,
+    )  # fmt: skip
+
+
+async def stop_session(
+    rt: Runtime,
+    session_id: str,
+    *,
+    checkpoint: AgentCheckpoint | None = None,
+    reason: str = "over 110% of the daily budget",
+) -> AgentSession:
+    """``working -> budget_exceeded`` (BDGT-07), saving ``checkpoint`` first if given."""
+    async with rt.session_factory.begin() as s:
+        stored = (
+            await rt.checkpoints(s).save(replace_state(checkpoint, S.BUDGET_EXCEEDED))
+            if checkpoint
+            else None
+        )
+        repo = SessionRepository(s)
+        try:
+            session = await repo.transition(session_id, S.BUDGET_EXCEEDED, expected=S.WORKING)
+        except InvalidTransition as exc:
+            if exc.current is not S.BUDGET_EXCEEDED:
+                raise
+            session = await repo.get(session_id)  # the charge stopped it already
+    log.info("stop session=%s reason=%r", session.id, reason)
+    await write_key(rt, session, stored)
+    return session
+
+
+async def resume_session(
+    rt: Runtime, session_id: str, *, reason: str = "top-up"
+) -> RestoredSession:
+    """An explicit resume after a top-up: ``budget_exceeded -> working``."""
+    async with rt.session_factory.begin() as s:
+        repo = SessionRepository(s)
+        session = await repo.transition(session_id, S.WORKING, expected=S.BUDGET_EXCEEDED)
+        checkpoint = await rt.checkpoints(s).load_latest(session_id)
+    restored = RestoredSession(session, checkpoint)
+    log_wake(restored, reason)
+    await write_key(rt, session, checkpoint)
+    return restored
+
+
+async def complete_session(
+    rt: Runtime, session_id: str, *, checkpoint: AgentCheckpoint | None = None
+) -> AgentSession:
+    """Finish a session from any live status; the checkpoints stay, the Redis key goes."""
+    async with rt.session_factory.begin() as s:
+        if checkpoint is not None:
+            await rt.checkpoints(s).save(replace_state(checkpoint, S.COMPLETED))
+        session = await SessionRepository(s).transition(
+            session_id, S.COMPLETED, expected=[S.WORKING, S.SLEEPING, S.BUDGET_EXCEEDED]
+        )
+    log.info("complete session=%s", session.id)
+    try:
+        await rt.store.delete(session_id)
+    except SessionStoreUnavailable as exc:
+        log.warning("store_error session=%s error=%r", session_id, str(exc))
+        rt.pending_keys.add(session_id)
+    return session
+
+
+def replace_state(checkpoint: AgentCheckpoint, state: SessionStatus) -> AgentCheckpoint:
+    """A copy of ``checkpoint`` with ``agent_state`` set; the caller's object is untouched."""
+    return AgentCheckpoint(
+        session_id=checkpoint.session_id,
+        job_id=checkpoint.job_id,
+        message_history=checkpoint.message_history,
+        sandbox_id=checkpoint.sandbox_id,
+        current_phase=checkpoint.current_phase,
+        retry_counts=checkpoint.retry_counts,
+        session_cost_microdollars=checkpoint.session_cost_microdollars,
+        daily_budget_microdollars=checkpoint.daily_budget_microdollars,
+        iteration_number=checkpoint.iteration_number,
+        agent_state=state.value,
+    )
+
+
+__all__ = [
+    "RestoredSession",
+    "Runtime",
+    "complete_session",
+    "repair_keys",
+    "resume_session",
+    "sleep_session",
+    "start_session",
+    "stop_session",
+    "wake_in",
+    "wake_session",
+    "write_key",
+]

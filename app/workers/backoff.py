@@ -1,0 +1,36 @@
+"""Bounded exponential backoff for processes whose PostgreSQL or Redis went away."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+
+class Backoff:
+    """``base * 2**n`` seconds with jitter, capped at ``maximum``; ``reset()`` on success."""
+
+    def __init__(self, *, base: float = 0.2, maximum: float = 30.0) -> None:
+        self.base = base
+        self.maximum = maximum
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        delay: float = min(self.maximum, self.base * 2.0 ** (self.failures - 1))
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float, *others: asyncio.Event) -> None:
+    """Sleep ``seconds``, returning early when ``stop`` (or any of ``others``) is set."""
+    events = [stop, *others]
+    if any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,27 @@
+"""Prometheus metrics of the worker and the daemon (served with ``--metrics-port``)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+SESSIONS: Final = Gauge("agent_sessions", "Agent sessions by status", ["status"])
+SLEEPS: Final = Counter("agent_sleeps_total", "Sessions put to sleep", ["by"])
+WAKES: Final = Counter("agent_wakes_total", "Sessions woken", ["reason"])
+STOPS: Final = Counter("agent_stops_total", "Sessions stopped above 110% of the daily budget")
+WAKE_FAILURES: Final = Counter("agent_wake_failures_total", "Wakes that failed and were retried")
+STORE_ERRORS: Final = Counter("agent_store_errors_total", "Redis writes that failed")
+WAKE_LAG: Final = Gauge(
+    "agent_wake_lag_seconds", "How long the most overdue sleeping session has been due"
+)
+DUE: Final = Gauge("agent_sleepers_due", "Sleeping sessions whose wake time has passed")
+BATCH_SECONDS: Final = Histogram(
+    "agent_batch_duration_seconds", "Duration of one worker or daemon batch", ["process"]
+)
+
+
+def serve(port: int | None) -> None:
+    """Expose the metrics over HTTP on ``port`` (no-op for None)."""
+    if port is not None:
+        start_http_server(port)
