@@ -1,24 +1,114 @@
-"""Command line: ``python -m app migrate | worker | daemon | run | demo | status``."""
+"""Command line: ``python -m app migrate | worker | daemon | run | status | demo``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
-from app.db.engine import create_engine, mask_password
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.budget import policy
+from app.clock import utc_now
+from app.db.engine import create_engine, create_session_factory, mask_password
 from app.db.migrate import upgrade
+from app.db.models import BudgetDay
+from app.lifecycle import RestoredSession
+from app.local_services import LocalServices, local_services
+from app.repositories import SessionRepository
+from app.session_store import RedisSessionStore
 from app.settings import Settings
+from app.workers import BudgetDaemon, WakeWorker, metrics
+from app.workers.wake import ResumeHook
 
 log = logging.getLogger("app")
 
 
-async def _migrate(settings: Settings) -> int:
+class UsageError(Exception):
+    """Bad command-line input; printed without a traceback, exit code 2."""
+
+
+@dataclass
+class Connected:
+    engine: AsyncEngine
+    session_factory: async_sessionmaker[AsyncSession]
+    store: RedisSessionStore
+    services: LocalServices
+
+
+@contextlib.asynccontextmanager
+async def connect(settings: Settings, *, embedded_ok: bool) -> AsyncIterator[Connected]:
+    """Engine, session factory and store; embedded servers when allowed and unconfigured."""
+    if not embedded_ok and not (settings.database_url and settings.redis_url):
+        raise UsageError(
+            "DATABASE_URL and REDIS_URL must be set: separate worker and daemon processes"
+            " have to share one database (`run` and `demo` start embedded servers instead)"
+        )
+    with local_services(settings.database_url, settings.redis_url) as services:
+        if services.embedded:
+            print(f"embedded PostgreSQL at {mask_password(services.database_url)}", flush=True)
+            print(f"embedded Redis at {mask_password(services.redis_url)}", flush=True)
+        engine = create_engine(services.database_url)
+        redis = Redis.from_url(services.redis_url)
+        store = RedisSessionStore(redis, timeout=settings.store_timeout_seconds)
+        try:
+            yield Connected(engine, create_session_factory(engine), store, services)
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: the processes finish their batch and exit 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def load_hook(path: str | None) -> ResumeHook:
+    """``package.module:function`` -> that callable; None -> a hook that only logs."""
+    if not path:
+        return _log_resume
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"--on-resume must look like package.module:function, got {path!r}")
+    try:
+        hook: Any = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"cannot load --on-resume {path!r}: {exc}") from exc
+    if not callable(hook):
+        raise UsageError(f"--on-resume {path!r} is not callable")
+    return hook  # type: ignore[no-any-return]
+
+
+def _log_resume(restored: RestoredSession) -> None:
+    cp = restored.checkpoint
+    log.info(
+        "resume session=%s iteration=%s messages=%d (no --on-resume hook: logged only)",
+        restored.session.id,
+        cp.iteration_number if cp else None,
+        len(cp.message_history) if cp else 0,
+    )
+
+
+# ---------------------------------------------------------------------- commands
+
+
+async def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     if not settings.database_url:
-        print("DATABASE_URL is not set: nothing to migrate", file=sys.stderr)
-        return 2
+        raise UsageError("DATABASE_URL is not set: nothing to migrate")
     engine = create_engine(settings.database_url)
     try:
         await upgrade(engine)
@@ -28,17 +118,134 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _demo(_: Settings) -> int:
-    print("demo: not implemented yet (issue 7); nothing was run")
+async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    hook = load_hook(args.on_resume or settings.on_resume)
+    async with connect(settings, embedded_ok=False) as c:
+        metrics.serve(args.metrics_port or settings.metrics_port)
+        worker = WakeWorker(
+            c.session_factory, c.store, settings, on_resume=hook, batch_size=args.batch_size
+        )
+        stop = stop_on_signals()
+        log.info("worker started database=%s", mask_password(c.services.database_url))
+        await worker.run_forever(stop)
+    log.info("worker stopped")
     return 0
+
+
+async def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
+    async with connect(settings, embedded_ok=False) as c:
+        metrics.serve(args.metrics_port or settings.metrics_port)
+        daemon = BudgetDaemon(c.session_factory, c.store, settings, batch_size=args.batch_size)
+        stop = stop_on_signals()
+        log.info("daemon started database=%s", mask_password(c.services.database_url))
+        await daemon.run_forever(stop)
+    log.info("daemon stopped")
+    return 0
+
+
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    hook = load_hook(args.on_resume or settings.on_resume)
+    async with connect(settings, embedded_ok=True) as c:
+        await upgrade(c.engine)
+        metrics.serve(args.metrics_port or settings.metrics_port)
+        stop = stop_on_signals()
+        worker = WakeWorker(c.session_factory, c.store, settings, on_resume=hook)
+        daemon = BudgetDaemon(c.session_factory, c.store, settings)
+        log.info("worker and daemon started database=%s", mask_password(c.services.database_url))
+        await asyncio.gather(worker.run_forever(stop), daemon.run_forever(stop))
+    return 0
+
+
+async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    async with connect(settings, embedded_ok=False) as c:
+        print(f"database {mask_password(c.services.database_url)}")
+        await print_status(c.session_factory, top=args.top)
+    return 0
+
+
+async def print_status(factory: async_sessionmaker[AsyncSession], *, top: int = 10) -> None:
+    """Counts by status, due and overdue sleepers, and today's spend for the top users."""
+    now = utc_now()
+    today = policy.budget_day(now)
+    async with factory() as s:
+        repo = SessionRepository(s)
+        counts = await repo.count_by_status()
+        due, oldest = await repo.due_stats(now=now)
+        overdue, _ = await repo.due_stats(now=now - timedelta(minutes=5))
+        upcoming = await repo.next_wake_at()
+        spend = (
+            await s.execute(
+                select(
+                    BudgetDay.clerk_user_id,
+                    BudgetDay.spent_microdollars,
+                    BudgetDay.budget_microdollars,
+                )
+                .where(BudgetDay.day == today)
+                .order_by(BudgetDay.spent_microdollars.desc(), BudgetDay.clerk_user_id)
+                .limit(top)
+            )
+        ).all()
+        users = await s.scalar(
+            select(func.count()).select_from(BudgetDay).where(BudgetDay.day == today)
+        )
+    print("sessions  " + "  ".join(f"{k.value}={v}" for k, v in counts.items()))
+    lag = f", oldest due since {oldest.isoformat()}" if oldest else ""
+    nxt = upcoming.isoformat() if upcoming else "-"
+    print(f"sleepers  due={due} overdue(>5m)={overdue}{lag}, next wake {nxt}")
+    print(f"spend on {today} (UTC), top {min(top, users or 0)} of {users or 0} users:")
+    print(f"  {'user':<24} {'spent $':>12} {'budget $':>12} {'used':>7}")
+    for user, spent, budget in spend:
+        used = f"{100 * spent / budget:6.1f}%" if budget else "   n/a"
+        print(f"  {user:<24} {spent / 1e6:>12.4f} {budget / 1e6:>12.4f} {used:>7}")
+
+
+async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return await run_demo(settings, args)
+
+
+# ------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="upgrade DATABASE_URL to the newest revision")
-    sub.add_parser("demo", help="simulate a fleet of agents over several budget days")
+
+    worker = sub.add_parser("worker", help="wake sleeping sessions when they are due")
+    worker.add_argument("--on-resume", metavar="MODULE:FUNCTION", help="resume hook to call")
+    worker.add_argument("--batch-size", type=int, default=100)
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+
+    daemon = sub.add_parser("daemon", help="sleep silent over-budget sessions, stop runaways")
+    daemon.add_argument("--batch-size", type=int, default=100)
+    daemon.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+
+    run = sub.add_parser("run", help="worker and daemon in one process (embedded servers if unset)")
+    run.add_argument("--on-resume", metavar="MODULE:FUNCTION")
+    run.add_argument("--metrics-port", type=int)
+
+    status = sub.add_parser("status", help="sessions by status, sleepers, today's spend")
+    status.add_argument("--top", type=int, default=10, help="how many users to list")
+
+    demo = sub.add_parser("demo", help="a fleet of agents sleeps and wakes over simulated days")
+    demo.add_argument("--sessions", type=int, default=12)
+    demo.add_argument("--days", type=int, default=3)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--keep", action="store_true", help="keep the data for `status`")
+    demo.add_argument("--inject-fault", choices=["history"], help=argparse.SUPPRESS)
     return parser
+
+
+COMMANDS = {
+    "migrate": cmd_migrate,
+    "worker": cmd_worker,
+    "daemon": cmd_daemon,
+    "run": cmd_run,
+    "status": cmd_status,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,10 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
     )
-    if args.command == "migrate":
-        return asyncio.run(_migrate(settings))
-    if args.command == "demo":
-        return _demo(settings)
-    raise AssertionError(args.command)
+    try:
+        return asyncio.run(COMMANDS[args.command](settings, args))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

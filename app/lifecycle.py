@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -132,7 +133,11 @@ async def start_session(
 
 
 async def sleep_session(
-    rt: Runtime, checkpoint: AgentCheckpoint, *, reason: str = "daily budget spent"
+    rt: Runtime,
+    checkpoint: AgentCheckpoint,
+    *,
+    reason: str = "daily budget spent",
+    now: datetime | None = None,
 ) -> AgentSession:
     """Checkpoint (``agent_state="sleeping"``) and sleep until the next 00:00 UTC (BDGT-02).
 
@@ -140,7 +145,7 @@ async def sleep_session(
     and the session returned as it is.
     """
     cp = replace_state(checkpoint, S.SLEEPING)
-    wake_at = policy.next_budget_day_start(rt.clock())
+    wake_at = policy.next_budget_day_start(now or rt.clock())
     async with rt.session_factory.begin() as s:
         stored = await rt.checkpoints(s).save(cp)
         repo = SessionRepository(s)

@@ -43,8 +43,13 @@ def _dumps(value: Any) -> str:
 
 
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
-    """An ``AsyncEngine`` on asyncpg whose JSON columns go through orjson."""
-    kwargs.setdefault("pool_pre_ping", True)
+    """An ``AsyncEngine`` on asyncpg whose JSON columns go through orjson.
+
+    No pre-ping by default: it costs a round trip on every checkout, on the hot
+    paths too. A connection found dead on use invalidates the pool, the statement
+    fails with ``DatabaseUnavailable`` / a DBAPI error, and the processes retry with
+    backoff. Pass ``pool_pre_ping=True`` to trade that round trip for fewer errors.
+    """
     return _create_async_engine(
         normalize_url(url),
         json_serializer=_dumps,

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Date,
+    Integer,
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +39,9 @@ from app.validation import (
     require_text,
 )
 
+_COST_EVENTS = cast(Table, AgentCostEvent.__table__)
+_BUDGET_DAYS = cast(Table, BudgetDay.__table__)
+_SESSIONS = cast(Table, AgentSession.__table__)
 _ev = AgentCostEvent.__table__.c
 _day = BudgetDay.__table__.c
 _ses = AgentSession.__table__.c
@@ -44,6 +62,87 @@ class ChargeResult:
 def _stops(spent: ColumnElement[int], budget: ColumnElement[int]) -> ColumnElement[bool]:
     """SQL twin of ``policy.decide(...) is STOP``: above 110 % of a non-zero budget."""
     return and_(budget > 0, spent * 100 > budget * policy.STOP_ABOVE)
+
+
+def _build_charge_statement() -> Select[Any]:
+    """The common charge as one statement of CTEs, built once and reused with parameters.
+
+    1. ``event``: the ledger row, once per request_id (``ON CONFLICT DO NOTHING``);
+    2. ``spend``: the day's spend, when the day's row exists (locking it first);
+    3. ``session_update``: the session's cumulative cost, and ``budget_exceeded``
+       above 110 % of the day's budget (BDGT-07).
+    """
+    # Parameter names must not match column names: UPDATE would read them as SET values.
+    cost = bindparam("p_cost", type_=BigInteger)
+    day = bindparam("p_day", type_=Date)
+    owner = (
+        select(_ses.id, _ses.clerk_user_id, _ses.tier)
+        .where(_ses.id == bindparam("p_session_id", type_=String))
+        .cte("owner")
+    )
+    event = (
+        insert(_COST_EVENTS)
+        .from_select(
+            [
+                "request_id",
+                "session_id",
+                "clerk_user_id",
+                "model",
+                "input_tokens",
+                "output_tokens",
+                "cost_microdollars",
+                "budget_day",
+            ],
+            select(
+                bindparam("p_request_id", type_=String),
+                owner.c.id,
+                owner.c.clerk_user_id,
+                bindparam("p_model", type_=String),
+                bindparam("p_input_tokens", type_=Integer),
+                bindparam("p_output_tokens", type_=Integer),
+                cost,
+                day,
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=[_ev.request_id])
+        .returning(_ev.clerk_user_id)
+        .cte("event")
+    )
+    spend = (
+        update(_BUDGET_DAYS)
+        .where(_day.clerk_user_id == event.c.clerk_user_id, _day.day == day)
+        .values(spent_microdollars=_day.spent_microdollars + cost)
+        .returning(_day.spent_microdollars, _day.budget_microdollars)
+        .cte("spend")
+    )
+    spent = select(spend.c.spent_microdollars).scalar_subquery()
+    budget = select(spend.c.budget_microdollars).scalar_subquery()
+    stop = and_(_ses.status == SessionStatus.WORKING.value, _stops(spent, budget))
+    session_update = (
+        update(_SESSIONS)
+        .where(_ses.id == owner.c.id, exists(select(spend.c.spent_microdollars)))
+        .values(
+            cumulative_cost_microdollars=_ses.cumulative_cost_microdollars + cost,
+            status=case((stop, SessionStatus.BUDGET_EXCEEDED.value), else_=_ses.status),
+            version=_ses.version + case((stop, 1), else_=0),
+        )
+        .returning(_ses.id)
+        .cte("session_update")
+    )
+    return select(
+        exists(select(owner.c.id)).label("found"),
+        exists(select(event.c.clerk_user_id)).label("inserted"),
+        select(owner.c.clerk_user_id).scalar_subquery().label("clerk_user_id"),
+        select(owner.c.tier).scalar_subquery().label("tier"),
+        spent.label("spent"),
+        budget.label("budget"),
+        # Referencing the CTE is what makes SQLAlchemy render it; PostgreSQL runs
+        # every data-modifying CTE to completion whether or not it is read.
+        exists(select(session_update.c.id)).label("session_updated"),
+    )
+
+
+_CHARGE: Final = _build_charge_statement()
 
 
 class BudgetRepository:
@@ -85,16 +184,16 @@ class BudgetRepository:
         day = policy.budget_day(moment)
 
         with translate_errors(session_id=session_id):
-            statement = self._charge_statement(
-                session_id=session_id,
-                request_id=request_id,
-                model=model,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cost=cost,
-                day=day,
-            )
-            row = (await self.session.execute(statement)).one()
+            params = {
+                "p_session_id": session_id,
+                "p_request_id": request_id,
+                "p_model": model,
+                "p_input_tokens": input_tokens,
+                "p_output_tokens": output_tokens,
+                "p_cost": cost,
+                "p_day": day,
+            }
+            row = (await self.session.execute(_CHARGE, params)).one()
             if not row.found:
                 raise SessionNotFound(session_id)
             if not row.inserted:
@@ -108,86 +207,6 @@ class BudgetRepository:
             spent, budget = await self._add_to_day(row.clerk_user_id, day, budget, cost)
             await self._charge_session(session_id, cost, spent, budget)
         return ChargeResult(cost, spent, budget, policy.decide(spent, budget), False)
-
-    def _charge_statement(
-        self,
-        *,
-        session_id: str,
-        request_id: str,
-        model: str,
-        input_tokens: int,
-        output_tokens: int,
-        cost: int,
-        day: date,
-    ) -> Select[Any]:
-        # 1. the ledger row, once per request_id
-        owner = select(_ses.id, _ses.clerk_user_id, _ses.tier).where(_ses.id == session_id)
-        owner_cte = owner.cte("owner")
-        event = (
-            insert(AgentCostEvent)
-            .from_select(
-                [
-                    "request_id",
-                    "session_id",
-                    "clerk_user_id",
-                    "model",
-                    "input_tokens",
-                    "output_tokens",
-                    "cost_microdollars",
-                    "budget_day",
-                ],
-                select(
-                    literal(request_id),
-                    owner_cte.c.id,
-                    owner_cte.c.clerk_user_id,
-                    literal(model),
-                    literal(input_tokens),
-                    literal(output_tokens),
-                    literal(cost),
-                    literal(day),
-                ),
-            )
-            .on_conflict_do_nothing(index_elements=[_ev.request_id])
-            .returning(_ev.clerk_user_id)
-            .cte("event")
-        )
-        # 2. the day's spend, when the day's row exists already (locks it first)
-        spend = (
-            update(BudgetDay)
-            .where(
-                _day.clerk_user_id == event.c.clerk_user_id,
-                _day.day == day,
-            )
-            .values(spent_microdollars=_day.spent_microdollars + cost)
-            .returning(_day.spent_microdollars, _day.budget_microdollars)
-            .cte("spend")
-        )
-        # 3. the session's cumulative cost, and budget_exceeded above 110 % (BDGT-07)
-        spent = select(spend.c.spent_microdollars).scalar_subquery()
-        budget = select(spend.c.budget_microdollars).scalar_subquery()
-        stop = and_(_ses.status == SessionStatus.WORKING.value, _stops(spent, budget))
-        session_update = (
-            update(AgentSession)
-            .where(_ses.id == session_id, exists(select(spend.c.spent_microdollars)))
-            .values(
-                cumulative_cost_microdollars=_ses.cumulative_cost_microdollars + cost,
-                status=case((stop, SessionStatus.BUDGET_EXCEEDED.value), else_=_ses.status),
-                version=_ses.version + case((stop, 1), else_=0),
-            )
-            .returning(_ses.id)
-            .cte("session_update")
-        )
-        return select(
-            exists(select(owner_cte.c.id)).label("found"),
-            exists(select(event.c.clerk_user_id)).label("inserted"),
-            select(owner_cte.c.clerk_user_id).scalar_subquery().label("clerk_user_id"),
-            select(owner_cte.c.tier).scalar_subquery().label("tier"),
-            spent.label("spent"),
-            budget.label("budget"),
-            # Referencing the CTE is what makes SQLAlchemy render it; PostgreSQL runs
-            # every data-modifying CTE to completion whether or not it is read.
-            exists(select(session_update.c.id)).label("session_updated"),
-        )
 
     async def _add_to_day(self, user: str, day: date, budget: int, cost: int) -> tuple[int, int]:
         # Concurrent first charges race here: one inserts, the others add to its row.

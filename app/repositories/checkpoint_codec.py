@@ -1,14 +1,15 @@
 """Checkpoint payloads: validation, canonical encoding and the chained history digest.
 
-Pure functions, no I/O. A message is encoded once with orjson (sorted keys); the
-same bytes feed the digest and the JSONB literal, so a save never encodes twice.
+Pure functions, no I/O. A history is encoded once with orjson (sorted keys); the same
+bytes feed the digest and the JSONB literal, so a save never encodes twice.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -21,7 +22,6 @@ _OPTIONS: Final = orjson.OPT_SORT_KEYS
 # message needs the slow walk that finds the offending value and its path.
 _NUL_ESCAPE: Final = b"\\u0000"
 _NULL: Final = b"null"
-_LENGTH_BYTES: Final = 8
 
 Path = tuple[str | int, ...]
 
@@ -89,13 +89,64 @@ def encode_message(message: Any, index: int) -> bytes:
     return encoded
 
 
-def encode_history(history: Any) -> list[bytes]:
-    """Validate and encode a whole message history (a list of JSON objects)."""
+@dataclass(frozen=True, slots=True)
+class EncodedHistory:
+    """A validated history as canonical JSON (sorted keys), encoded in one pass."""
+
+    messages: list[Any]
+    body: bytes
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def prefix(self, count: int) -> bytes:
+        """Canonical JSON of the first ``count`` messages (a fresh encode of a slice)."""
+        if count >= len(self.messages):
+            return self.body
+        return orjson.dumps(self.messages[:count], option=_OPTIONS)
+
+    def after(self, prefix: bytes) -> str:
+        """JSON array text of the messages that follow ``prefix`` (a delta's payload)."""
+        if len(prefix) >= len(self.body):
+            return "[]"
+        if len(prefix) == 2:  # "[]": nothing shared
+            return self.body.decode()
+        # body = "[" + shared + "," + rest + "]" and prefix = "[" + shared + "]"
+        return "[" + self.body[len(prefix) :].decode()
+
+
+def encode_history(history: Any) -> EncodedHistory:
+    """Validate and encode a whole message history (a list of JSON objects).
+
+    One orjson call encodes the list. Only when that fails, or its output hints at a
+    value JSONB cannot hold exactly (NUL, or NaN/Infinity which orjson writes as
+    null), are the messages walked one by one to name the index and key path.
+    """
     if not isinstance(history, list):
         raise CheckpointPayloadError(
             f"message history must be a list of objects, not {type(history).__name__}"
         )
-    return [encode_message(message, i) for i, message in enumerate(history)]
+    for i, message in enumerate(history):
+        if type(message) is not dict and not isinstance(message, Mapping):
+            raise CheckpointPayloadError(
+                f"message must be a JSON object, not {type(message).__name__}", index=i
+            )
+    try:
+        body = orjson.dumps(history, option=_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError):
+        body = b""
+    if not body or _NUL_ESCAPE in body or _NULL in body:
+        for i, message in enumerate(history):
+            encode_message(message, i)
+        if not body:  # pragma: no cover - every message encoded on its own
+            raise CheckpointPayloadError("cannot be encoded")
+    return EncodedHistory(history, body)
+
+
+def digest(canonical: bytes) -> bytes:
+    """BLAKE2b-256 of a canonical history. Equal digests mean equal histories, and a
+    history extends another exactly when the digest of its prefix equals the other's."""
+    return hashlib.blake2b(canonical, digest_size=32).digest()
 
 
 def check_retry_counts(value: Any) -> dict[str, int]:
@@ -116,28 +167,6 @@ def check_retry_counts(value: Any) -> dict[str, int]:
                 path=(key,),
             )
     return dict(value)
-
-
-def history_digests(encoded: Sequence[bytes], at: int | None = None) -> tuple[bytes, bytes | None]:
-    """The chained digest of the whole history, and of its first ``at`` messages.
-
-    Each message's length and bytes extend one running SHA-256, so the digest of a
-    prefix is a waypoint of the digest of the whole: a history extends another
-    exactly when its prefix digest equals the other's full digest.
-    """
-    running = hashlib.sha256()
-    prefix = running.digest() if at == 0 else None
-    for i, message in enumerate(encoded, start=1):
-        running.update(len(message).to_bytes(_LENGTH_BYTES, "big"))
-        running.update(message)
-        if i == at:
-            prefix = running.copy().digest()
-    return running.digest(), prefix
-
-
-def json_array(encoded: Iterable[bytes]) -> str:
-    """A JSON array text from already-encoded elements."""
-    return "[" + ",".join(m.decode() for m in encoded) + "]"
 
 
 def rebuild(keyframe: list[Any], deltas: Iterable[tuple[int, list[Any]]]) -> list[Any]:

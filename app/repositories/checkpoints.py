@@ -11,23 +11,39 @@ callers never see a delta (DESIGN.md §4).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, cast
 
 import orjson
-from sqlalchemy import Row, Text, and_, bindparam, cast, delete, func, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    LargeBinary,
+    Row,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy import cast as cast_
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AgentCheckpoint, AgentSession
 from app.domain import CheckpointNotFound, SessionNotFound, SessionStatus
 from app.repositories.checkpoint_codec import (
+    EncodedHistory,
     check_retry_counts,
+    digest,
     encode_history,
-    history_digests,
-    json_array,
     rebuild,
 )
 from app.repositories.errors import translate_errors
@@ -35,8 +51,10 @@ from app.validation import INT_MAX, parse_enum, require_int, require_money, requ
 
 MetaRow = Row[*tuple[Any, ...]]
 
-_cp = AgentCheckpoint.__table__.c
-_ses = AgentSession.__table__.c
+_CHECKPOINTS = cast(Table, AgentCheckpoint.__table__)
+_SESSIONS = cast(Table, AgentSession.__table__)
+_cp = _CHECKPOINTS.c
+_ses = _SESSIONS.c
 
 # Everything a load needs except the history itself.
 _META = (
@@ -58,6 +76,156 @@ _META = (
     _cp.created_at,
     _cp.updated_at,
 )
+
+# ----------------------------------------------------------------- statements
+# Built once with bound parameters: a hot path pays for execution, not construction.
+# (Parameter names start with p_ so UPDATE never reads them as column values.)
+
+_SESSION_ID = bindparam("p_session_id", type_=String)
+_ITERATION = bindparam("p_iteration", type_=Integer)
+
+# Locks the session row (and stamps it): saves of one session are serialised.
+_TOUCH_SESSION = (
+    update(_SESSIONS)
+    .where(_ses.id == _SESSION_ID)
+    .values(last_checkpoint_at=func.now())
+    .returning(_ses.id)
+)
+
+# The row at the iteration (if any) and its parent: the highest row below it.
+_NEIGHBOURS = (
+    select(*_META)
+    .where(_cp.session_id == _SESSION_ID, _cp.iteration_number <= _ITERATION)
+    .order_by(_cp.iteration_number.desc())
+    .limit(2)
+)
+
+_DEPENDANTS = select(_cp.iteration_number).where(
+    _cp.session_id == _SESSION_ID,
+    _cp.parent_iteration == _ITERATION,
+    _cp.base_message_count > 0,
+)
+
+_MAKE_KEYFRAME = (
+    update(_CHECKPOINTS)
+    .where(_cp.session_id == _SESSION_ID, _cp.iteration_number == _ITERATION)
+    .values(
+        message_history=cast_(bindparam("p_history", type_=Text), JSONB),
+        base_message_count=0,
+        parent_iteration=None,
+        delta_depth=0,
+    )
+)
+
+
+def _build_upsert() -> Any:
+    values = {
+        "session_id": _SESSION_ID,
+        "job_id": bindparam("p_job_id", type_=String),
+        "iteration_number": _ITERATION,
+        # The messages travel as the JSON text encoded during validation.
+        "message_history": cast_(bindparam("p_history", type_=Text), JSONB),
+        "sandbox_id": bindparam("p_sandbox_id", type_=String),
+        "current_phase": bindparam("p_current_phase", type_=String),
+        "retry_counts": bindparam("p_retry_counts", type_=JSONB),
+        "session_cost_microdollars": bindparam("p_session_cost", type_=BigInteger),
+        "daily_budget_microdollars": bindparam("p_daily_budget", type_=BigInteger),
+        "agent_state": bindparam("p_agent_state", type_=String),
+        "message_count": bindparam("p_message_count", type_=Integer),
+        "base_message_count": bindparam("p_base", type_=Integer),
+        "parent_iteration": bindparam("p_parent", type_=Integer),
+        "delta_depth": bindparam("p_depth", type_=Integer),
+        "history_digest": bindparam("p_digest", type_=LargeBinary),
+    }
+    stmt = insert(_CHECKPOINTS).values(values)
+    replace = {k: stmt.excluded[k] for k in values if k not in ("session_id", "iteration_number")}
+    return stmt.on_conflict_do_update(
+        index_elements=[_cp.session_id, _cp.iteration_number],
+        set_={**replace, "updated_at": func.now()},
+    ).returning(*_META)
+
+
+_UPSERT: Final = _build_upsert()
+
+# The lowest restorable iteration: the keep_last-th newest (or -1 with fewer rows).
+_FLOOR = func.coalesce(
+    select(_cp.iteration_number)
+    .where(_cp.session_id == _SESSION_ID)
+    .order_by(_cp.iteration_number.desc())
+    .offset(bindparam("p_skip", type_=Integer))
+    .limit(1)
+    .scalar_subquery(),
+    -1,
+)
+
+
+def _build_chain(target: ColumnElement[bool]) -> Any:
+    """One recursive SELECT: the target row, then parents down to the keyframe."""
+    anchor = select(*_META, _cp.message_history, literal(0).label("depth")).where(
+        _cp.session_id == _SESSION_ID, target
+    )
+    chain = anchor.cte("chain", recursive=True)
+    parent = _CHECKPOINTS.alias("parent")
+    chain = chain.union_all(
+        select(
+            *(parent.c[c.name] for c in _META),
+            parent.c.message_history,
+            (chain.c.depth + 1).label("depth"),
+        ).where(
+            parent.c.session_id == chain.c.session_id,
+            parent.c.iteration_number == chain.c.parent_iteration,
+            chain.c.base_message_count > 0,
+        )
+    )
+    return select(chain).order_by(chain.c.depth.desc())
+
+
+_LOAD_LATEST: Final = _build_chain(
+    _cp.iteration_number
+    == select(func.max(_cp.iteration_number)).where(_cp.session_id == _SESSION_ID).scalar_subquery()
+)
+_LOAD_RESTORABLE: Final = _build_chain(
+    and_(_cp.iteration_number == _ITERATION, _cp.iteration_number >= _FLOOR)
+)
+_LOAD_ANY: Final = _build_chain(_cp.iteration_number == _ITERATION)
+
+_LIST: Final = (
+    select(*_META)
+    .where(_cp.session_id == _SESSION_ID, _cp.iteration_number >= _FLOOR)
+    .order_by(_cp.iteration_number.desc())
+    .limit(bindparam("p_limit", type_=Integer))
+)
+
+
+def _build_prune() -> Any:
+    newest = (
+        select(_cp.iteration_number)
+        .where(_cp.session_id == _SESSION_ID)
+        .order_by(_cp.iteration_number.desc())
+        .limit(bindparam("p_keep", type_=Integer))
+    )
+    needed = (
+        select(_cp.iteration_number, _cp.parent_iteration, _cp.base_message_count)
+        .where(_cp.session_id == _SESSION_ID, _cp.iteration_number.in_(newest))
+        .cte("needed", recursive=True)
+    )
+    parent = _CHECKPOINTS.alias("parent")
+    needed = needed.union(
+        select(
+            parent.c.iteration_number, parent.c.parent_iteration, parent.c.base_message_count
+        ).where(
+            parent.c.session_id == _SESSION_ID,
+            parent.c.iteration_number == needed.c.parent_iteration,
+            needed.c.base_message_count > 0,
+        )
+    )
+    oldest_needed = select(func.min(needed.c.iteration_number)).scalar_subquery()
+    return delete(_CHECKPOINTS).where(
+        _cp.session_id == _SESSION_ID, _cp.iteration_number < oldest_needed
+    )
+
+
+_PRUNE: Final = _build_prune()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +251,7 @@ class _Payload:
     session_id: str
     job_id: str
     iteration_number: int
-    encoded: list[bytes]
+    history: EncodedHistory
     sandbox_id: str | None
     current_phase: str | None
     retry_counts: dict[str, int]
@@ -101,7 +269,7 @@ class _Payload:
             session_id=require_text(cp.session_id, "session_id"),
             job_id=require_text(cp.job_id, "job_id"),
             iteration_number=require_int(cp.iteration_number, "iteration_number", maximum=INT_MAX),
-            encoded=encode_history(cp.message_history),
+            history=encode_history(cp.message_history),
             retry_counts=check_retry_counts(cp.retry_counts),
             session_cost_microdollars=require_money(
                 cp.session_cost_microdollars, "session_cost_microdollars"
@@ -113,16 +281,30 @@ class _Payload:
             **optional,
         )
 
-    def same_content_as(self, row: MetaRow, digest: bytes) -> bool:
+    def same_content_as(self, row: MetaRow, full_digest: bytes) -> bool:
         return (
-            row.history_digest == digest
-            and row.message_count == len(self.encoded)
+            row.history_digest == full_digest
+            and row.message_count == len(self.history)
             and (row.job_id, row.sandbox_id, row.current_phase, row.agent_state)
             == (self.job_id, self.sandbox_id, self.current_phase, self.agent_state)
             and row.retry_counts == self.retry_counts
             and row.session_cost_microdollars == self.session_cost_microdollars
             and row.daily_budget_microdollars == self.daily_budget_microdollars
         )
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "p_session_id": self.session_id,
+            "p_job_id": self.job_id,
+            "p_iteration": self.iteration_number,
+            "p_sandbox_id": self.sandbox_id,
+            "p_current_phase": self.current_phase,
+            "p_retry_counts": self.retry_counts,
+            "p_session_cost": self.session_cost_microdollars,
+            "p_daily_budget": self.daily_budget_microdollars,
+            "p_agent_state": self.agent_state,
+            "p_message_count": len(self.history),
+        }
 
 
 def _checkpoint(row: MetaRow, history: list[Any]) -> AgentCheckpoint:
@@ -171,180 +353,82 @@ class CheckpointRepository:
         Everything is validated before any SQL: a bad payload writes nothing.
         """
         p = _Payload.of(checkpoint)
+        key = {"p_session_id": p.session_id, "p_iteration": p.iteration_number}
         with translate_errors(session_id=p.session_id):
-            # Locks the session row: saves of one session are serialised, so no
-            # writer builds a delta on a parent another writer is replacing.
-            touched = await self.session.scalar(
-                update(AgentSession)
-                .where(_ses.id == p.session_id)
-                .values(last_checkpoint_at=func.now())
-                .returning(_ses.id),
-                execution_options={"synchronize_session": False},
-            )
-            if touched is None:
+            if await self.session.scalar(_TOUCH_SESSION, key) is None:
                 raise SessionNotFound(p.session_id)
+            rows = (await self.session.execute(_NEIGHBOURS, key)).all()
+            existing = rows[0] if rows and rows[0].iteration_number == p.iteration_number else None
+            parent = next((r for r in rows if r.iteration_number < p.iteration_number), None)
 
-            existing, parent = await self._neighbours(p.session_id, p.iteration_number)
-            at = parent.message_count if parent is not None else None
-            digest, prefix = history_digests(p.encoded, at)
+            full_digest = digest(p.history.body)
             if existing is not None:
-                if p.same_content_as(existing, digest):
-                    return _checkpoint(existing, self._decode(p.encoded))
+                if p.same_content_as(existing, full_digest):
+                    return _checkpoint(existing, p.history.messages)
                 await self._detach_dependants(p.session_id, p.iteration_number)
 
-            # An empty parent has nothing to share: such a "delta" is a keyframe.
-            extends_parent = (
-                parent is not None
-                and parent.message_count > 0
-                and parent.history_digest is not None
-                and prefix == parent.history_digest
-                and parent.delta_depth + 1 < self.keyframe_every
-            )
-            base = parent.message_count if extends_parent and parent is not None else 0
-            row = await self._upsert(
-                p,
-                digest=digest,
-                base=base,
-                parent_iteration=parent.iteration_number if extends_parent and parent else None,
-                delta_depth=parent.delta_depth + 1 if extends_parent and parent else 0,
-            )
+            shared = self._shared_prefix(p, parent)
+            params = p.params() | {"p_digest": full_digest}
+            if shared is None or parent is None:
+                params |= {
+                    "p_history": p.history.body.decode(),
+                    "p_base": 0,
+                    "p_parent": None,
+                    "p_depth": 0,
+                }
+            else:
+                params |= {
+                    "p_history": p.history.after(shared),
+                    "p_base": parent.message_count,
+                    "p_parent": parent.iteration_number,
+                    "p_depth": parent.delta_depth + 1,
+                }
+            row = (await self.session.execute(_UPSERT, params)).one()
             await self.prune(p.session_id, keep_last=self.keep_last)
-        return _checkpoint(row, self._decode(p.encoded))
+        return _checkpoint(row, p.history.messages)
 
-    @staticmethod
-    def _decode(encoded: Sequence[bytes]) -> list[Any]:
-        return [orjson.loads(m) for m in encoded]
-
-    async def _neighbours(
-        self, session_id: str, iteration: int
-    ) -> tuple[MetaRow | None, MetaRow | None]:
-        """The row at ``iteration`` (if any) and the parent: the highest row below it."""
-        rows = (
-            await self.session.execute(
-                select(*_META)
-                .where(_cp.session_id == session_id, _cp.iteration_number <= iteration)
-                .order_by(_cp.iteration_number.desc())
-                .limit(2)
-            )
-        ).all()
-        existing = rows[0] if rows and rows[0].iteration_number == iteration else None
-        below = [r for r in rows if r.iteration_number < iteration]
-        return existing, (below[0] if below else None)
+    def _shared_prefix(self, p: _Payload, parent: MetaRow | None) -> bytes | None:
+        """The parent's history as a canonical prefix of this one, if this extends it and
+        the chain may grow; None means "write a keyframe"."""
+        if (
+            parent is None
+            or parent.message_count == 0  # nothing to share
+            or parent.message_count > len(p.history)
+            or parent.history_digest is None  # a row from before incremental storage
+            or parent.delta_depth + 1 >= self.keyframe_every
+        ):
+            return None
+        prefix = p.history.prefix(parent.message_count)
+        return prefix if digest(prefix) == parent.history_digest else None
 
     async def _detach_dependants(self, session_id: str, iteration: int) -> None:
         """Rewrite the deltas built on ``iteration`` as keyframes before it changes."""
-        dependants = await self.session.scalars(
-            select(_cp.iteration_number).where(
-                _cp.session_id == session_id,
-                _cp.parent_iteration == iteration,
-                _cp.base_message_count > 0,
-            )
-        )
-        for child in list(dependants):
-            found = await self._load_chain(session_id, child, restorable_only=False)
+        key = {"p_session_id": session_id, "p_iteration": iteration}
+        for child in list(await self.session.scalars(_DEPENDANTS, key)):
+            found = await self._load(_LOAD_ANY, session_id, child)
             if found is None:  # pragma: no cover - the row was selected just above
                 continue
-            history = found[1]
+            history = orjson.dumps(found[1], option=orjson.OPT_SORT_KEYS).decode()
             await self.session.execute(
-                update(AgentCheckpoint)
-                .where(_cp.session_id == session_id, _cp.iteration_number == child)
-                .values(
-                    message_history=history,
-                    base_message_count=0,
-                    parent_iteration=None,
-                    delta_depth=0,
-                ),
-                execution_options={"synchronize_session": False},
+                _MAKE_KEYFRAME,
+                {"p_session_id": session_id, "p_iteration": child, "p_history": history},
             )
-
-    async def _upsert(
-        self,
-        p: _Payload,
-        *,
-        digest: bytes,
-        base: int,
-        parent_iteration: int | None,
-        delta_depth: int,
-    ) -> MetaRow:
-        # The messages go over the wire as the JSON text encoded during validation.
-        history = cast(bindparam("history", json_array(p.encoded[base:]), type_=Text), JSONB)
-        values: dict[str, Any] = {
-            "session_id": p.session_id,
-            "job_id": p.job_id,
-            "iteration_number": p.iteration_number,
-            "message_history": history,
-            "sandbox_id": p.sandbox_id,
-            "current_phase": p.current_phase,
-            "retry_counts": p.retry_counts,
-            "session_cost_microdollars": p.session_cost_microdollars,
-            "daily_budget_microdollars": p.daily_budget_microdollars,
-            "agent_state": p.agent_state,
-            "message_count": len(p.encoded),
-            "base_message_count": base,
-            "parent_iteration": parent_iteration,
-            "delta_depth": delta_depth,
-            "history_digest": digest,
-        }
-        insert_stmt = insert(AgentCheckpoint).values(**values)
-        excluded = insert_stmt.excluded
-        upsert = insert_stmt.on_conflict_do_update(
-            index_elements=[_cp.session_id, _cp.iteration_number],
-            set_={
-                **{k: excluded[k] for k in values if k not in ("session_id", "iteration_number")},
-                "updated_at": func.now(),
-            },
-        ).returning(*_META)
-        return (await self.session.execute(upsert)).one()
 
     # ------------------------------------------------------------------- load
 
-    def _restorable_floor(self, session_id: str) -> Any:
-        """Lowest restorable iteration: the ``keep_last``-th newest (or -1)."""
-        nth = (
-            select(_cp.iteration_number)
-            .where(_cp.session_id == session_id)
-            .order_by(_cp.iteration_number.desc())
-            .offset(self.keep_last - 1)
-            .limit(1)
-            .scalar_subquery()
-        )
-        return func.coalesce(nth, -1)
-
-    async def _load_chain(
-        self, session_id: str, iteration: int | None, *, restorable_only: bool = True
+    async def _load(
+        self, statement: Any, session_id: str, iteration: int | None = None
     ) -> tuple[MetaRow, list[Any]] | None:
-        """The target row and its full history, in one recursive SELECT; None if absent."""
-        if iteration is None:
-            target = _cp.iteration_number == (
-                select(func.max(_cp.iteration_number))
-                .where(_cp.session_id == session_id)
-                .scalar_subquery()
-            )
-        else:
-            target = _cp.iteration_number == iteration
-            if restorable_only:
-                target = and_(target, _cp.iteration_number >= self._restorable_floor(session_id))
-
-        anchor = select(*_META, _cp.message_history, literal(0).label("depth")).where(
-            _cp.session_id == session_id, target
-        )
-        chain = anchor.cte("chain", recursive=True)
-        parent = AgentCheckpoint.__table__.alias("parent")
-        chain = chain.union_all(
-            select(
-                *(parent.c[c.name] for c in _META),
-                parent.c.message_history,
-                (chain.c.depth + 1).label("depth"),
-            ).where(
-                parent.c.session_id == chain.c.session_id,
-                parent.c.iteration_number == chain.c.parent_iteration,
-                chain.c.base_message_count > 0,
-            )
-        )
-        rows = (await self.session.execute(select(chain).order_by(chain.c.depth.desc()))).all()
+        """The target row and its full history, from one recursive SELECT; None if absent."""
+        params = {
+            "p_session_id": session_id,
+            "p_iteration": iteration,
+            "p_skip": self.keep_last - 1,
+        }
+        rows = (await self.session.execute(statement, params)).all()
         if not rows:
             return None
-        if rows[0].base_message_count != 0:
+        if rows[0].base_message_count != 0:  # the chain is broken: its keyframe is gone
             raise CheckpointNotFound(session_id, rows[-1].iteration_number)
         history = rebuild(
             rows[0].message_history,
@@ -355,14 +439,14 @@ class CheckpointRepository:
     async def load_latest(self, session_id: str) -> AgentCheckpoint | None:
         """The session's newest checkpoint with its full history, or None (one SELECT)."""
         require_text(session_id, "session_id")
-        found = await self._load_chain(session_id, None)
+        found = await self._load(_LOAD_LATEST, session_id)
         return None if found is None else _checkpoint(*found)
 
     async def load(self, session_id: str, iteration_number: int) -> AgentCheckpoint:
         """A restorable checkpoint with its full history (one SELECT); ``CheckpointNotFound``."""
         require_text(session_id, "session_id")
         require_int(iteration_number, "iteration_number", maximum=INT_MAX)
-        found = await self._load_chain(session_id, iteration_number)
+        found = await self._load(_LOAD_RESTORABLE, session_id, iteration_number)
         if found is None:
             raise CheckpointNotFound(session_id, iteration_number)
         return _checkpoint(*found)
@@ -371,15 +455,7 @@ class CheckpointRepository:
         """The restorable checkpoints, newest first, without message bodies."""
         require_text(session_id, "session_id")
         require_int(limit, "limit", minimum=1, maximum=10_000)
-        rows = await self.session.execute(
-            select(*_META)
-            .where(
-                _cp.session_id == session_id,
-                _cp.iteration_number >= self._restorable_floor(session_id),
-            )
-            .order_by(_cp.iteration_number.desc())
-            .limit(limit)
-        )
+        params = {"p_session_id": session_id, "p_skip": self.keep_last - 1, "p_limit": limit}
         return [
             CheckpointInfo(
                 session_id=r.session_id,
@@ -393,7 +469,7 @@ class CheckpointRepository:
                 created_at=r.created_at,
                 updated_at=r.updated_at,
             )
-            for r in rows
+            for r in await self.session.execute(_LIST, params)
         ]
 
     # -------------------------------------------------------------- retention
@@ -403,32 +479,7 @@ class CheckpointRepository:
         they need. Never deletes the latest checkpoint. Returns the rows deleted."""
         require_text(session_id, "session_id")
         require_int(keep_last, "keep_last", minimum=1, maximum=INT_MAX)
-        newest = (
-            select(_cp.iteration_number)
-            .where(_cp.session_id == session_id)
-            .order_by(_cp.iteration_number.desc())
-            .limit(keep_last)
-        )
-        needed = (
-            select(_cp.iteration_number, _cp.parent_iteration, _cp.base_message_count)
-            .where(_cp.session_id == session_id, _cp.iteration_number.in_(newest))
-            .cte("needed", recursive=True)
-        )
-        parent = AgentCheckpoint.__table__.alias("parent")
-        needed = needed.union(
-            select(
-                parent.c.iteration_number, parent.c.parent_iteration, parent.c.base_message_count
-            ).where(
-                parent.c.session_id == session_id,
-                parent.c.iteration_number == needed.c.parent_iteration,
-                needed.c.base_message_count > 0,
-            )
-        )
-        oldest_needed = select(func.min(needed.c.iteration_number)).scalar_subquery()
         result = await self.session.execute(
-            delete(AgentCheckpoint).where(
-                _cp.session_id == session_id, _cp.iteration_number < oldest_needed
-            ),
-            execution_options={"synchronize_session": False},
+            _PRUNE, {"p_session_id": session_id, "p_keep": keep_last}
         )
         return int(result.rowcount)  # type: ignore[attr-defined]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 import orjson
@@ -231,15 +231,17 @@ class SessionRepository:
         return int(count), oldest
 
     async def sleep_over_budget(
-        self, *, day: date, silent_since: datetime, wake_at: datetime, limit: int = 100
+        self, *, day: date, silent_for: timedelta, wake_at: datetime, limit: int = 100
     ) -> list[AgentSession]:
         """The daemon's safety net: put to sleep working sessions whose user is at or over
-        ``day``'s budget and that have not checkpointed since ``silent_since``.
+        ``day``'s budget and that have not checkpointed for ``silent_for``.
 
-        One guarded UPDATE over rows locked with ``SKIP LOCKED``, so daemons can overlap.
+        Silence is measured on the database clock, the one that stamped
+        ``last_checkpoint_at``. One guarded UPDATE over rows locked with ``SKIP LOCKED``,
+        so daemons can overlap.
         """
-        require_aware(silent_since, "silent_since")
         require_aware(wake_at, "wake_at")
+        silent_since = func.now() - silent_for
         over = self._working_over_budget(
             day, _budget_days.c.spent_microdollars >= _budget_days.c.budget_microdollars
         )

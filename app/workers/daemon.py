@@ -71,7 +71,7 @@ class BudgetDaemon:
                 stopped = await repo.stop_over_budget(day=today, limit=self.batch_size)
                 slept = await repo.sleep_over_budget(
                     day=today,
-                    silent_since=now - timedelta(seconds=self.settings.sleep_grace_seconds),
+                    silent_for=timedelta(seconds=self.settings.sleep_grace_seconds),
                     wake_at=policy.next_budget_day_start(now),
                     limit=self.batch_size,
                 )

@@ -307,7 +307,7 @@ async def test_daemon_sleeps_silent_over_budget_sessions_and_stops_runaways(
             )
         )
     await charge(rt, "under", "r3", tokens // 2)
-    clock.now = datetime.now(UTC)  # the grace period is judged on this clock
+    clock.now = datetime.now(UTC)
     daemon = BudgetDaemon(session_factory, store, rt.settings, clock=clock)
     report = await daemon.run_once()
     assert report.stopped == ["runaway"]

@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 from app.domain import CheckpointPayloadError
 from app.repositories.checkpoint_codec import (
     check_retry_counts,
+    digest,
     encode_history,
-    history_digests,
-    json_array,
     rebuild,
 )
 
@@ -51,7 +50,10 @@ fast = settings(max_examples=30)
 @given(histories)
 def test_valid_histories_encode_and_decode_exactly(history: list[dict[str, Any]]) -> None:
     encoded = encode_history(history)
-    assert orjson.loads(json_array(encoded)) == history
+    assert orjson.loads(encoded.body) == history
+    for k in range(len(history) + 1):
+        assert orjson.loads(encoded.prefix(k)) == history[:k]
+        assert orjson.loads(encoded.after(encoded.prefix(k))) == history[k:]
 
 
 @fast
@@ -59,27 +61,27 @@ def test_valid_histories_encode_and_decode_exactly(history: list[dict[str, Any]]
 def test_prefix_digest_matches_exactly_when_one_history_extends_another(
     a: list[dict[str, Any]], c: list[dict[str, Any]]
 ) -> None:
-    full_a, _ = history_digests(encode_history(a))
-    _, prefix = history_digests(encode_history(c), len(a))
+    full_a = digest(encode_history(a).body)
+    encoded_c = encode_history(c)
+    prefix = digest(encoded_c.prefix(len(a))) if len(c) >= len(a) else None
 
     def canonical(h: list[dict[str, Any]]) -> list[bytes]:
         return [orjson.dumps(m, option=orjson.OPT_SORT_KEYS) for m in h]
 
     extends = len(c) >= len(a) and canonical(c[: len(a)]) == canonical(a)
     assert (prefix == full_a) == extends
-    _, own_prefix = history_digests(encode_history(a + c), len(a))
-    assert own_prefix == full_a
+    assert digest(encode_history(a + c).prefix(len(a))) == full_a
 
 
 def test_digest_sees_an_edit_in_the_middle() -> None:
     h = [{"n": i} for i in range(5)]
     edited = [*h[:2], {"n": "changed"}, *h[3:]]
-    assert history_digests(encode_history(h))[0] != history_digests(encode_history(edited))[0]
+    assert digest(encode_history(h).body) != digest(encode_history(edited).body)
 
 
 def test_digest_does_not_depend_on_key_order() -> None:
-    a = history_digests(encode_history([{"a": 1, "b": 2}]))[0]
-    b = history_digests(encode_history([{"b": 2, "a": 1}]))[0]
+    a = digest(encode_history([{"a": 1, "b": 2}]).body)
+    b = digest(encode_history([{"b": 2, "a": 1}]).body)
     assert a == b
 
 
@@ -119,7 +121,7 @@ def test_errors_name_the_message_and_the_path(
 
 def test_text_that_merely_looks_like_an_escape_is_fine() -> None:
     history = [{"a": "\\u0000 is how JSON writes NUL", "b": None}]
-    assert orjson.loads(json_array(encode_history(history))) == history
+    assert orjson.loads(encode_history(history).body) == history
 
 
 def test_deep_nesting_is_a_typed_error() -> None:
