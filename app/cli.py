@@ -60,7 +60,9 @@ async def connect(settings: Settings, *, embedded_ok: bool) -> AsyncIterator[Con
             print(f"embedded Redis at {mask_password(services.redis_url)}", flush=True)
         engine = create_engine(services.database_url)
         redis = Redis.from_url(services.redis_url)
-        store = RedisSessionStore(redis, timeout=settings.store_timeout_seconds)
+        store = RedisSessionStore(
+            redis, prefix=settings.redis_prefix, timeout=settings.store_timeout_seconds
+        )
         try:
             yield Connected(engine, create_session_factory(engine), store, services)
         finally:

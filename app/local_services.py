@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,17 @@ def _run_as() -> str | None:
     return _UNPRIVILEGED_USER if os.geteuid() == 0 else None
 
 
+def _demoted() -> dict[str, Any]:
+    """subprocess arguments that drop root: the user, its own group and no others
+    (keeping root's group would make group bits, not "other" bits, apply)."""
+    user = _run_as()
+    if user is None:
+        return {}
+    import pwd
+
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
 def _open_path_for(path: Path) -> None:
     # The unprivileged server user must be able to traverse every ancestor.
     for parent in [path, *path.parents]:
@@ -118,14 +129,17 @@ class EmbeddedPostgres:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str) -> None:
-        subprocess.run(
+        result = subprocess.run(
             [str(postgres_bin_dir() / args[0]), *args[1:]],
-            check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            user=_run_as(),
             timeout=_START_TIMEOUT,
+            check=False,
+            **_demoted(),
         )
+        if result.returncode != 0:
+            error = result.stderr.decode(errors="replace").strip()
+            raise LocalServiceError(f"{args[0]} failed ({result.returncode}): {error}")
 
     def _stop_leftover(self) -> None:
         # A run killed with SIGKILL leaves a postmaster (or only its pid file) behind.
@@ -136,7 +150,7 @@ class EmbeddedPostgres:
             pid = int(pidfile.read_text().splitlines()[0])
             if _pid_alive(pid):
                 log.info("stopping a PostgreSQL left over from an earlier run (pid %d)", pid)
-                with contextlib.suppress(subprocess.SubprocessError):
+                with contextlib.suppress(subprocess.SubprocessError, LocalServiceError):
                     self._run("pg_ctl", "-D", str(self.pgdata), "-m", "immediate", "-w", "stop")
         pidfile.unlink(missing_ok=True)
 
@@ -163,7 +177,7 @@ class EmbeddedPostgres:
                 "pg_ctl", "-D", str(self.pgdata), "-l", str(self.pgdata / "server.log"),
                 "-o", options, "-w", "-t", str(int(_START_TIMEOUT)), "start",
             )  # fmt: skip
-        except subprocess.CalledProcessError as exc:
+        except LocalServiceError as exc:
             log_text = (self.pgdata / "server.log").read_text(errors="replace")[-2000:]
             raise LocalServiceError(f"embedded PostgreSQL did not start:\n{log_text}") from exc
         self._started = True
@@ -173,7 +187,7 @@ class EmbeddedPostgres:
         if not self._started:
             return
         self._started = False
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
+        with contextlib.suppress(subprocess.SubprocessError, OSError, LocalServiceError):
             self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
 
 

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # Servers. None means "start embedded servers" for the CLI (see app.local_services).
     database_url: str | None = None
     redis_url: str | None = None
+    # Namespace of the session keys in Redis: f"{redis_prefix}:{session_id}".
+    redis_prefix: str = "agent:session"
 
     # Period allowance per tier, in microdollars (1 USD = 1_000_000).
     tier_allowance_bootstrapper: Microdollars = 20_000_000

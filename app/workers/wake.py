@@ -180,7 +180,7 @@ class WakeWorker:
                     assert raw is not None
                     await raw.add_listener(WAKE_CHANNEL, self._on_notify)
                     backoff.reset()
-                    log.debug("listening channel=%s", WAKE_CHANNEL)
+                    log.info("listening channel=%s", WAKE_CHANNEL)
                     while not stop.is_set() and not raw.is_closed():
                         await wait_or_stop(stop, 1.0)
                     if not raw.is_closed():

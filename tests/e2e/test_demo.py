@@ -1,0 +1,84 @@
+"""``python -m app demo`` (what ``make run`` runs): embedded servers, configured servers,
+Ctrl-C, and a self-check that catches a fault."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.e2e.conftest import Proc, base_env
+
+Spawn = Callable[..., Proc]
+SMALL = ["demo", "--sessions", "4", "--days", "2"]
+
+
+def leftover_servers(root: Path) -> list[str]:
+    """Command lines of live processes that belong to embedded servers under ``root``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if str(root) in cmdline and ") Z " not in stat:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def test_demo_on_embedded_servers_runs_twice(spawn: Spawn, tmp_path: Path) -> None:
+    for attempt in (1, 2):
+        proc = spawn(SMALL, base_env(), cwd=tmp_path)
+        code = proc.popen.wait(180)
+        out = proc.text()
+        assert code == 0, out[-3000:]
+        assert "embedded PostgreSQL at" in out, f"run {attempt}"
+        assert "demo passed: every check held" in out
+        assert "sleeps" in out
+        assert "wakes" in out
+    assert leftover_servers(tmp_path) == []
+
+
+async def test_demo_on_configured_servers_starts_nothing(
+    e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    url, _ = e2e_db
+    env = base_env(DATABASE_URL=url, REDIS_URL=redis_url, REDIS_PREFIX=key_prefix)
+    proc = spawn(SMALL, env, cwd=tmp_path)
+    assert proc.popen.wait(180) == 0, proc.text()[-3000:]
+    assert "embedded" not in proc.text()
+    assert not (tmp_path / ".local").exists()
+
+
+def test_ctrl_c_leaves_no_server_behind(spawn: Spawn, tmp_path: Path) -> None:
+    proc = spawn(["demo", "--days", "5"], base_env(), cwd=tmp_path)
+    proc.wait_for_output("simulated days", timeout=120)
+    assert leftover_servers(tmp_path), "the embedded servers should be running mid-demo"
+    os.killpg(proc.popen.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    code = proc.popen.wait(60)
+    assert code != 0
+    assert leftover_servers(tmp_path) == []
+
+
+@pytest.mark.parametrize("fault", ["history"])
+async def test_a_broken_promise_exits_1_and_names_the_session(
+    e2e_db: tuple[str, AsyncEngine],
+    redis_url: str,
+    key_prefix: str,
+    spawn: Spawn,
+    tmp_path: Path,
+    fault: str,
+) -> None:
+    url, _ = e2e_db
+    env = base_env(DATABASE_URL=url, REDIS_URL=redis_url, REDIS_PREFIX=key_prefix)
+    proc = spawn([*SMALL, "--inject-fault", fault], env, cwd=tmp_path)
+    assert proc.popen.wait(180) == 1, proc.text()[-3000:]
+    out = proc.text()
+    assert "BREACH session demo-" in out
+    assert "restored history differs from the history at sleep" in out
+    assert "demo FAILED" in out
