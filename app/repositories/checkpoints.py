@@ -349,7 +349,8 @@ class CheckpointRepository:
 
         The same ``(session_id, iteration_number)`` saved twice leaves one row with
         the latest content; identical content is a no-op. The session's
-        ``last_checkpoint_at`` moves in the same transaction, and retention runs.
+        ``last_checkpoint_at`` moves in the same transaction, and retention runs
+        when this save can have freed rows.
         Everything is validated before any SQL: a bad payload writes nothing.
         """
         p = _Payload.of(checkpoint)
@@ -384,8 +385,19 @@ class CheckpointRepository:
                     "p_depth": parent.delta_depth + 1,
                 }
             row = (await self.session.execute(_UPSERT, params)).one()
-            await self.prune(p.session_id, keep_last=self.keep_last)
+            if self._may_free_rows(params["p_depth"], p.iteration_number):
+                await self.prune(p.session_id, keep_last=self.keep_last)
         return _checkpoint(row, p.history.messages)
+
+    def _may_free_rows(self, depth: int, iteration: int) -> bool:
+        """Whether retention is worth a statement after this save.
+
+        Rows become deletable when the newest ``keep_last`` stop needing an older
+        keyframe: right after a keyframe, or once ``keep_last`` rows hang off the
+        newest one. Every ``keep_last``-th iteration runs it too, for saves that
+        arrive out of order. Skipping it otherwise saves a round trip per save.
+        """
+        return depth in (0, self.keep_last - 1) or iteration % self.keep_last == 0
 
     def _shared_prefix(self, p: _Payload, parent: MetaRow | None) -> bytes | None:
         """The parent's history as a canonical prefix of this one, if this extends it and
