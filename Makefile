@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-unit lint format typecheck check migrate run demo worker daemon status bench bench-quick soak clean
@@ -51,6 +52,16 @@ daemon: install  ## run the budget daemon
 
 status: install  ## counts by status, due sleepers, today's spend
 	$(PY) -m app status
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,local,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## benchmarks against raw asyncpg and LangGraph (several minutes)
+	$(PY) -m benchmarks.run
+
+bench-quick: $(BENCH_STAMP)  ## a smoke run of the benchmarks, under 2 minutes
+	$(PY) -m benchmarks.run --quick
 
 clean:  ## remove the virtualenv, embedded servers' data and caches
 	-[ -x $(PY) ] && $(PY) -c "from app.local_services import stop_leftovers; stop_leftovers()" 2>/dev/null || true

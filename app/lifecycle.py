@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -18,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.budget import policy
 from app.clock import Clock, utc_now
 from app.db.models import AgentCheckpoint, AgentSession
-from app.domain import InvalidTransition, SessionStatus, SessionStoreUnavailable, Tier
+from app.domain import (
+    DomainError,
+    InvalidTransition,
+    SessionStatus,
+    SessionStoreUnavailable,
+    Tier,
+)
 from app.repositories import BudgetRepository, CheckpointRepository, SessionRepository
 from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
 from app.settings import Settings
@@ -58,24 +65,34 @@ class RestoredSession:
     checkpoint: AgentCheckpoint | None
 
 
-async def write_key(
-    rt: Runtime, session: AgentSession, checkpoint: CheckpointMeta | None = None
+async def write_keys(
+    rt: Runtime, entries: Sequence[tuple[AgentSession, CheckpointMeta | None]]
 ) -> bool:
-    """Write the session's Redis key after a commit; on failure remember it for repair."""
-    snapshot = session_snapshot(session, checkpoint)
+    """Write sessions' Redis keys after a commit, in one round trip, with retries; on
+    failure remember them, so a later tick rebuilds them from PostgreSQL."""
+    snapshots = {session.id: session_snapshot(session, cp) for session, cp in entries}
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
-            await rt.store.put(session.id, snapshot)
+            await rt.store.put_many(snapshots)
         except SessionStoreUnavailable as exc:
             if attempt == STORE_ATTEMPTS:
-                log.warning("store_error session=%s error=%r", session.id, str(exc))
-                rt.pending_keys.add(session.id)
+                log.warning(
+                    "store_error sessions=%s error=%r", ",".join(sorted(snapshots)), str(exc)
+                )
+                rt.pending_keys.update(snapshots)
                 return False
             await asyncio.sleep(STORE_RETRY_DELAY * attempt)
         else:
-            rt.pending_keys.discard(session.id)
+            rt.pending_keys.difference_update(snapshots)
             return True
     return False  # pragma: no cover
+
+
+async def write_key(
+    rt: Runtime, session: AgentSession, checkpoint: CheckpointMeta | None = None
+) -> bool:
+    """Write one session's Redis key after a commit (see :func:`write_keys`)."""
+    return await write_keys(rt, [(session, checkpoint)])
 
 
 async def repair_keys(rt: Runtime) -> int:
@@ -167,22 +184,51 @@ async def sleep_session(
     return session
 
 
-async def wake_in(rt: Runtime, s: AsyncSession, session_id: str) -> RestoredSession:
-    """The PostgreSQL part of a wake, inside the caller's transaction.
+async def wake_many(
+    rt: Runtime, s: AsyncSession, sessions: Sequence[AgentSession]
+) -> tuple[list[RestoredSession], dict[str, DomainError]]:
+    """The PostgreSQL part of waking ``sessions``, inside the caller's transaction.
 
-    Moves ``sleeping -> working``, books the new day's budget (a new ``budget_days``
-    row) and loads the latest checkpoint.
+    Books each user's budget for the new day (a new ``budget_days`` row), loads every
+    latest checkpoint in one query, then moves the sessions ``sleeping -> working`` in
+    one guarded UPDATE. A session whose state cannot be restored is left asleep and
+    returned among the failures; it never stops the others from waking.
     """
-    repo = SessionRepository(s)
-    session = await repo.transition(session_id, S.WORKING, expected=S.SLEEPING)
+    if not sessions:
+        return [], {}
     today = policy.budget_day(rt.clock())
-    budget = await BudgetRepository(s, rt.settings).daily_budget(
-        session.clerk_user_id, today, tier=Tier(session.tier)
+    budgets = await BudgetRepository(s, rt.settings).daily_budgets(
+        {row.clerk_user_id: Tier(row.tier) for row in sessions}, today
     )
-    await repo.set_daily_budget(session_id, budget)
-    session.daily_budget_microdollars = budget
-    checkpoint = await rt.checkpoints(s).load_latest(session_id)
-    return RestoredSession(session, checkpoint)
+    checkpoints = await rt.checkpoints(s).load_latest_many([row.id for row in sessions])
+    failed: dict[str, DomainError] = {
+        sid: found for sid, found in checkpoints.items() if isinstance(found, DomainError)
+    }
+    woken = await SessionRepository(s).wake_many(
+        {row.id: budgets[row.clerk_user_id] for row in sessions if row.id not in failed}
+    )
+    restored = []
+    for row in woken:
+        checkpoint = checkpoints[row.id]
+        assert not isinstance(checkpoint, DomainError)
+        restored.append(RestoredSession(row, checkpoint))
+    return restored, failed
+
+
+async def wake_in(rt: Runtime, s: AsyncSession, session_id: str) -> RestoredSession:
+    """Wake one session inside the caller's transaction (see :func:`wake_many`)."""
+    session = await SessionRepository(s).get(session_id)
+    restored, failed = await wake_many(rt, s, [session])
+    if failed:
+        raise failed[session_id]
+    if not restored:
+        raise InvalidTransition(
+            session_id,
+            current=SessionStatus(session.status),
+            target=S.WORKING,
+            expected=[S.SLEEPING],
+        )
+    return restored[0]
 
 
 async def wake_session(

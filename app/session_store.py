@@ -74,6 +74,22 @@ class RedisSessionStore:
             ) from exc
         await self._call("SET", self.redis.set(key, data, ex=self.ttl_seconds))
 
+    async def put_many(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        """``put`` for many sessions in one round trip (a pipeline of ``SET .. EX``)."""
+        if not states:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for session_id, state in states.items():
+            try:
+                data = orjson.dumps(dict(state))
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                raise InvalidInput(
+                    f"session state of {session_id!r} is not JSON-serialisable: {exc}",
+                    field="state",
+                ) from exc
+            pipe.set(self.key(session_id), data, ex=self.ttl_seconds)
+        await self._call("SET (pipeline)", pipe.execute())
+
     async def get(self, session_id: str, *, refresh: bool = True) -> dict[str, Any] | None:
         """The stored state, or None. ``refresh`` renews the TTL (``GETEX .. EX``)."""
         key = self.key(session_id)

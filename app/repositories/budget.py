@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final, cast
@@ -343,6 +344,21 @@ class BudgetRepository:
             .returning(_day.budget_microdollars)
         )
         return int(await self.session.scalar(stmt) or 0)
+
+    async def daily_budgets(self, tiers: Mapping[str, Tier | str], day: date) -> dict[str, int]:
+        """``daily_budget`` for many users at once: one SELECT for the rows that exist,
+        then the rows that are missing are created one by one."""
+        users = sorted(require_text(u, "clerk_user_id") for u in tiers)
+        rows = await self.session.execute(
+            select(_day.clerk_user_id, _day.budget_microdollars).where(
+                _day.clerk_user_id.in_(users), _day.day == day
+            )
+        )
+        found = {user: int(budget) for user, budget in rows}
+        for user in users:
+            if user not in found:
+                found[user] = await self.daily_budget(user, day, tier=tiers[user])
+        return {user: int(found[user]) for user in users}
 
     async def spent(self, clerk_user_id: str, day: date) -> int:
         """What the user has spent on ``day`` so far (0 when there is no row)."""

@@ -11,6 +11,8 @@ callers never see a delta (DESIGN.md §4).
 from __future__ import annotations
 
 import builtins
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -31,10 +33,12 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    true,
+    tuple_,
     update,
 )
 from sqlalchemy import cast as cast_
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AgentCheckpoint, AgentSession
@@ -159,10 +163,10 @@ _FLOOR = func.coalesce(
 )
 
 
-def _build_chain(target: ColumnElement[bool]) -> Any:
-    """One recursive SELECT: the target row, then parents down to the keyframe."""
+def _build_chain(target: ColumnElement[bool], *, per_session: bool = True) -> Any:
+    """One recursive SELECT: the target rows, then parents down to their keyframes."""
     anchor = select(*_META, _cp.message_history, literal(0).label("depth")).where(
-        _cp.session_id == _SESSION_ID, target
+        _cp.session_id == _SESSION_ID if per_session else true(), target
     )
     chain = anchor.cte("chain", recursive=True)
     parent = _CHECKPOINTS.alias("parent")
@@ -177,12 +181,20 @@ def _build_chain(target: ColumnElement[bool]) -> Any:
             chain.c.base_message_count > 0,
         )
     )
-    return select(chain).order_by(chain.c.depth.desc())
+    return select(chain).order_by(chain.c.session_id, chain.c.depth.desc())
 
 
 _LOAD_LATEST: Final = _build_chain(
     _cp.iteration_number
     == select(func.max(_cp.iteration_number)).where(_cp.session_id == _SESSION_ID).scalar_subquery()
+)
+_LOAD_LATEST_MANY: Final = _build_chain(
+    tuple_(_cp.session_id, _cp.iteration_number).in_(
+        select(_cp.session_id, func.max(_cp.iteration_number))
+        .where(_cp.session_id == func.any(bindparam("p_ids", type_=ARRAY(String))))
+        .group_by(_cp.session_id)
+    ),
+    per_session=False,
 )
 _LOAD_RESTORABLE: Final = _build_chain(
     and_(_cp.iteration_number == _ITERATION, _cp.iteration_number >= _FLOOR)
@@ -330,6 +342,17 @@ def _checkpoint(row: MetaRow, history: list[Any]) -> AgentCheckpoint:
     return cp
 
 
+def _rebuild_chain(session_id: str, rows: Sequence[MetaRow]) -> tuple[MetaRow, list[Any]]:
+    """Keyframe first, then deltas: the target row and its full history."""
+    if rows[0].base_message_count != 0:  # the chain is broken: its keyframe is gone
+        raise CheckpointNotFound(session_id, rows[-1].iteration_number)
+    history = rebuild(
+        rows[0].message_history,
+        ((r.base_message_count, r.message_history) for r in rows[1:]),
+    )
+    return rows[-1], history
+
+
 class CheckpointRepository:
     """Checkpoints of agent sessions. Never commits: the caller owns the transaction."""
 
@@ -438,21 +461,34 @@ class CheckpointRepository:
             "p_skip": self.keep_last - 1,
         }
         rows = (await self.session.execute(statement, params)).all()
-        if not rows:
-            return None
-        if rows[0].base_message_count != 0:  # the chain is broken: its keyframe is gone
-            raise CheckpointNotFound(session_id, rows[-1].iteration_number)
-        history = rebuild(
-            rows[0].message_history,
-            ((r.base_message_count, r.message_history) for r in rows[1:]),
-        )
-        return rows[-1], history
+        return _rebuild_chain(session_id, rows) if rows else None
 
     async def load_latest(self, session_id: str) -> AgentCheckpoint | None:
         """The session's newest checkpoint with its full history, or None (one SELECT)."""
         require_text(session_id, "session_id")
         found = await self._load(_LOAD_LATEST, session_id)
         return None if found is None else _checkpoint(*found)
+
+    async def load_latest_many(
+        self, session_ids: Iterable[str]
+    ) -> dict[str, AgentCheckpoint | CheckpointNotFound | None]:
+        """``load_latest`` for many sessions in one SELECT (the wake worker's batch).
+
+        Each id maps to its checkpoint, None when it has none, or the
+        ``CheckpointNotFound`` that its broken chain raised; one bad session never
+        spoils the others.
+        """
+        ids = [require_text(sid, "session_id") for sid in session_ids]
+        out: dict[str, AgentCheckpoint | CheckpointNotFound | None] = dict.fromkeys(ids)
+        if not ids:
+            return out
+        rows = (await self.session.execute(_LOAD_LATEST_MANY, {"p_ids": ids})).all()
+        for session_id, chain in itertools.groupby(rows, key=lambda r: r.session_id):
+            try:
+                out[session_id] = _checkpoint(*_rebuild_chain(session_id, list(chain)))
+            except CheckpointNotFound as exc:
+                out[session_id] = exc
+        return out
 
     async def load(self, session_id: str, iteration_number: int) -> AgentCheckpoint:
         """A restorable checkpoint with its full history (one SELECT); ``CheckpointNotFound``."""

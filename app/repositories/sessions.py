@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, func, select, true, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    func,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.budget.policy import STOP_ABOVE
@@ -183,6 +194,36 @@ class SessionRepository:
         )
         if result.scalar() is None:
             raise SessionNotFound(session_id)
+
+    async def wake_many(self, budgets: Mapping[str, int]) -> list[AgentSession]:
+        """``sleeping -> working`` for many sessions in one guarded UPDATE, recording each
+        one's budget for the new day. Returns the rows that moved (callers hold their
+        locks from ``claim_due_for_wake``, so that is all of them)."""
+        ids = [require_text(sid, "session_id") for sid in budgets]
+        amounts = [require_money(budgets[sid], "daily_budget_microdollars") for sid in ids]
+        if not ids:
+            return []
+        given = (
+            func.unnest(
+                bindparam("p_ids", ids, type_=ARRAY(String)),
+                bindparam("p_budgets", amounts, type_=ARRAY(BigInteger)),
+            )
+            .table_valued("id", "budget", name="given")
+            .render_derived()
+        )
+        stmt = (
+            update(AgentSession)
+            .where(_columns.id == given.c.id, _columns.status == SessionStatus.SLEEPING.value)
+            .values(
+                status=SessionStatus.WORKING.value,
+                wake_at=None,
+                version=_columns.version + 1,
+                daily_budget_microdollars=given.c.budget,
+            )
+            .returning(AgentSession)
+        )
+        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        return list(result)
 
     async def claim_due_for_wake(
         self, *, now: datetime, limit: int = 100, exclude: Collection[str] = ()

@@ -12,13 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.clock import Clock, utc_now
-from app.domain import DomainError
-from app.lifecycle import RestoredSession, Runtime, log_wake, repair_keys, wake_in, write_key
+from app.lifecycle import RestoredSession, Runtime, log_wake, repair_keys, wake_many, write_keys
 from app.repositories import WAKE_CHANNEL, SessionRepository
 from app.session_store import RedisSessionStore
 from app.settings import Settings
@@ -89,37 +86,30 @@ class WakeWorker:
         return report
 
     async def _wake_batch(self, report: WakeReport, failed: set[str]) -> list[RestoredSession]:
-        woken: list[RestoredSession] = []
         async with self.rt.session_factory() as s, s.begin():
             claimed = await SessionRepository(s).claim_due_for_wake(
                 now=self.clock(), limit=self.batch_size, exclude=failed
             )
             if not claimed:
-                return woken
+                return []
             report.batches += 1
             report.claimed += len(claimed)
-            # Plain ids: a rolled-back savepoint expires the claimed ORM rows.
-            for session_id in [row.id for row in claimed]:
-                try:
-                    # A savepoint per session: one failure never aborts the batch.
-                    async with s.begin_nested():
-                        woken.append(await wake_in(self.rt, s, session_id))
-                except (DomainError, SQLAlchemyError) as exc:
-                    if _connection_lost(exc):
-                        raise
-                    report.failed += 1
-                    failed.add(session_id)
-                    metrics.WAKE_FAILURES.inc()
-                    log.exception("wake_failed session=%s error=%r", session_id, str(exc))
+            woken, failures = await wake_many(self.rt, s, claimed)
+        for session_id, exc in failures.items():
+            # Left asleep and due: retried on the next tick, not in this pass.
+            report.failed += 1
+            failed.add(session_id)
+            metrics.WAKE_FAILURES.inc()
+            log.error("wake_failed session=%s error=%r", session_id, str(exc))
+        if woken and not await write_keys(self.rt, [(r.session, r.checkpoint) for r in woken]):
+            report.store_errors += len(woken)
+            metrics.STORE_ERRORS.inc(len(woken))
         return woken
 
     async def _after_commit(self, restored: RestoredSession, report: WakeReport) -> None:
         report.woken += 1
         metrics.WAKES.labels("due").inc()
         log_wake(restored, "due")
-        if not await write_key(self.rt, restored.session, restored.checkpoint):
-            report.store_errors += 1
-            metrics.STORE_ERRORS.inc()
         if self.on_resume is None:
             return
         try:
@@ -194,8 +184,3 @@ class WakeWorker:
 
     def _on_notify(self, *_: object) -> None:
         self._notified.set()
-
-
-def _connection_lost(exc: BaseException) -> bool:
-    invalidated = getattr(exc, "connection_invalidated", False)
-    return bool(invalidated) or isinstance(exc, OSError | RedisError)
