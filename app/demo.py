@@ -28,7 +28,7 @@ from app.budget import policy
 from app.clock import VirtualClock
 from app.db.migrate import upgrade
 from app.db.models import AgentCheckpoint, AgentCostEvent, AgentSession, BudgetDay, UserSettings
-from app.domain import Decision, SessionStatus, Tier
+from app.domain import Decision, InvalidTransition, SessionStatus, Tier
 from app.lifecycle import (
     RestoredSession,
     Runtime,
@@ -123,6 +123,15 @@ def _tokens_for(rng: random.Random, budget: int, model: str, settings: Settings)
     return inp, output
 
 
+async def wake_after(queue: asyncio.Queue[RestoredSession], version: int) -> RestoredSession:
+    """The wake of the sleep that left the session at ``version``; earlier wakes (of a
+    sleep the daemon imposed while the agent was busy) are stale and skipped."""
+    while True:
+        restored = await queue.get()
+        if restored.session.version > version:
+            return restored
+
+
 async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tier) -> None:
     """One simulated agent: charge, append, checkpoint; wind down, sleep and resume."""
     rng = random.Random(f"{fleet.rng.random()}-{session_id}")
@@ -197,8 +206,15 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
             async with rt.session_factory.begin() as s:
                 await rt.checkpoints(s).save(snapshot())
             continue
+        stopped = None
         if result.decision is Decision.STOP:
-            await stop_session(rt, session_id, checkpoint=snapshot())
+            try:
+                stopped = await stop_session(rt, session_id, checkpoint=snapshot())
+            except InvalidTransition as exc:
+                if exc.current is not SessionStatus.SLEEPING:
+                    raise
+                # The budget daemon put it to sleep first: sleep like any other.
+        if stopped is not None:
             fleet.mark(session_id, "stop")
             midnight = policy.next_budget_day_start(fleet.clock())
             await asyncio.sleep(fleet.clock.real_seconds(midnight - fleet.clock()) + 0.05)
@@ -212,7 +228,7 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
             fleet.sleeps.append(record)
             fleet.first_sleep.set()
             fleet.mark(session_id, "sleep")
-            restored = await queue.get()
+            restored = await wake_after(queue, sleeping.version)
             record.woke_at = fleet.clock()
             record.restored = restored.checkpoint.message_history if restored.checkpoint else None
             fleet.mark(session_id, "wake")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,9 +37,10 @@ log = logging.getLogger("app.lifecycle")
 S = SessionStatus
 STORE_ATTEMPTS: Final = 3
 STORE_RETRY_DELAY: Final = 0.05
+STORE_REST_SECONDS: Final = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Runtime:
     """What the use cases need: the database, the store, settings and a clock."""
 
@@ -47,7 +49,13 @@ class Runtime:
     settings: Settings
     clock: Clock = utc_now
     #: Session ids whose Redis key could not be written; rebuilt later from PostgreSQL.
-    pending_keys: set[str] = field(default_factory=set, compare=False)
+    pending_keys: set[str] = field(default_factory=set)
+    #: After a failed write, Redis is left alone until this (monotonic) time, so an
+    #: outage costs the wake path nothing but a set insertion.
+    store_retry_at: float = 0.0
+
+    def store_resting(self) -> bool:
+        return time.monotonic() < self.store_retry_at
 
     def checkpoints(self, s: AsyncSession) -> CheckpointRepository:
         return CheckpointRepository(
@@ -71,6 +79,9 @@ async def write_keys(
     """Write sessions' Redis keys after a commit, in one round trip, with retries; on
     failure remember them, so a later tick rebuilds them from PostgreSQL."""
     snapshots = {session.id: session_snapshot(session, cp) for session, cp in entries}
+    if rt.store_resting():
+        rt.pending_keys.update(snapshots)
+        return False
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             await rt.store.put_many(snapshots)
@@ -80,6 +91,7 @@ async def write_keys(
                     "store_error sessions=%s error=%r", ",".join(sorted(snapshots)), str(exc)
                 )
                 rt.pending_keys.update(snapshots)
+                rt.store_retry_at = time.monotonic() + STORE_REST_SECONDS
                 return False
             await asyncio.sleep(STORE_RETRY_DELAY * attempt)
         else:
@@ -98,6 +110,8 @@ async def write_key(
 async def repair_keys(rt: Runtime) -> int:
     """Rewrite the keys that failed earlier from PostgreSQL; returns how many were fixed."""
     fixed = 0
+    if rt.store_resting():
+        return fixed
     for session_id in sorted(rt.pending_keys):
         async with rt.session_factory() as s:
             session = await SessionRepository(s).get_or_none(session_id)

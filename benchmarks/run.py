@@ -317,13 +317,18 @@ async def save_and_load(url: str, rounds: int, ops: int) -> tuple[str, dict[str,
         it = iter(range(10**9))
 
         async def repo_save(_: int) -> None:
+            # A history that does not extend the previous one: a full keyframe each time,
+            # the same bytes the raw INSERT writes (no delta flatters the repository).
+            n = next(it)
+            fresh = [{"op": n}, *history[1:]]
             cp = AgentCheckpoint(
-                session_id=sid, job_id="j", message_history=history, iteration_number=next(it)
+                session_id=sid, job_id="j", message_history=fresh, iteration_number=n
             )
             async with factory.begin() as s:
                 await CheckpointRepository(s, keep_last=10**6).save(cp)
 
         async def raw_save(_: int) -> None:
+            n = next(it)
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute(
                     "UPDATE agent_sessions SET last_checkpoint_at = now() WHERE id = $1", sid
@@ -335,7 +340,7 @@ async def save_and_load(url: str, rounds: int, ops: int) -> tuple[str, dict[str,
                     " VALUES ($1, 'j', $2, $3::text::jsonb, '{}', 0, 0, 'working', $4)"
                     " ON CONFLICT (session_id, iteration_number) DO UPDATE"
                     " SET message_history = excluded.message_history, updated_at = now()",
-                    sid, next(it), body, m,
+                    sid, n, '[{"op":%d},' % n + body.split(",", 1)[1] if m > 1 else body, m,
                 )  # fmt: skip
 
         async def repo_load(_: int) -> None:

@@ -15,6 +15,7 @@ from app.clock import VirtualClock
 from app.db.models import AgentCheckpoint, AgentSession, BudgetDay
 from app.domain import Decision, SessionStatus
 from app.lifecycle import (
+    STORE_REST_SECONDS,
     RestoredSession,
     Runtime,
     complete_session,
@@ -238,6 +239,9 @@ async def test_redis_down_during_wake_then_back(
     # Redis is back: the next tick writes the key from PostgreSQL.
     live = Redis.from_url(redis_url)
     worker.rt.store.redis = live
+    await worker.run_once()
+    assert worker.rt.pending_keys == {"s-1"}  # Redis is left alone for a moment after a failure
+    await asyncio.sleep(STORE_REST_SECONDS)
     await worker.run_once()
     assert worker.rt.pending_keys == set()
     key = await worker.rt.store.get("s-1")
