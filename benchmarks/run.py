@@ -307,7 +307,6 @@ async def save_and_load(url: str, rounds: int, ops: int) -> tuple[str, dict[str,
     summary: dict[str, Any] = {}
     for m in (10, 100, 1000):
         history = [message(i) for i in range(m)]
-        body = orjson.dumps(history, option=orjson.OPT_SORT_KEYS).decode()
         sid = f"bench-{uuid.uuid4().hex[:10]}"
         async with factory.begin() as s:
             await SessionRepository(s).create(
@@ -340,7 +339,7 @@ async def save_and_load(url: str, rounds: int, ops: int) -> tuple[str, dict[str,
                     " VALUES ($1, 'j', $2, $3::text::jsonb, '{}', 0, 0, 'working', $4)"
                     " ON CONFLICT (session_id, iteration_number) DO UPDATE"
                     " SET message_history = excluded.message_history, updated_at = now()",
-                    sid, n, '[{"op":%d},' % n + body.split(",", 1)[1] if m > 1 else body, m,
+                    sid, n, orjson.dumps([{"op": n}, *history[1:]]).decode(), m,
                 )  # fmt: skip
 
         async def repo_load(_: int) -> None:
