@@ -63,6 +63,9 @@ bench: $(BENCH_STAMP)  ## benchmarks against raw asyncpg and LangGraph (several 
 bench-quick: $(BENCH_STAMP)  ## a smoke run of the benchmarks, under 2 minutes
 	$(PY) -m benchmarks.run --quick
 
+soak: install  ## the reliability suite with a 60 s soak (make check runs a 10 s one)
+	SOAK_SECONDS=60 $(PY) -m pytest tests/reliability -p no:cacheprovider
+
 clean:  ## remove the virtualenv, embedded servers' data and caches
 	-[ -x $(PY) ] && $(PY) -c "from app.local_services import stop_leftovers; stop_leftovers()" 2>/dev/null || true
 	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -85,6 +85,7 @@ class Fleet:
     tally: dict[tuple[date, Tier], Tally] = field(default_factory=lambda: defaultdict(Tally))
     events: Counter[str] = field(default_factory=Counter)
     first_sleep: asyncio.Event = field(default_factory=asyncio.Event)
+    careless: set[str] = field(default_factory=set)
 
     def mark(self, session_id: str, what: str) -> None:
         day = self.clock().date()
@@ -201,8 +202,12 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
             retry_counts[tool] = retry_counts.get(tool, 0) + 1
         fleet.mark(session_id, "iteration")
 
-        # wind_down means "finish this turn": the turn is done, so sleep now.
-        if result.decision is Decision.CONTINUE:
+        # wind_down means "finish this turn": the turn is done, so sleep now. Agents in
+        # fleet.careless keep going until `sleep` (the budget daemon's business).
+        carry_on = result.decision is Decision.CONTINUE or (
+            result.decision is Decision.WIND_DOWN and session_id in fleet.careless
+        )
+        if carry_on:
             async with rt.session_factory.begin() as s:
                 await rt.checkpoints(s).save(snapshot())
             continue

@@ -1,0 +1,161 @@
+"""Migrations over a populated database: 0002 -> head -> 0002 -> head, no row lost."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db.engine import create_engine, create_session_factory
+from app.db.migrate import current, downgrade, upgrade
+from app.db.models import AgentCheckpoint
+from app.repositories import CheckpointRepository
+
+HISTORY = [
+    {"role": "user", "content": f"m{i}", "tool": {"args": [i, None, True]}} for i in range(6)
+]
+
+
+async def rows(engine: AsyncEngine) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        sessions = (
+            await conn.execute(
+                text(
+                    "SELECT id, status, cumulative_cost_microdollars::bigint,"
+                    " daily_budget_microdollars::bigint FROM agent_sessions ORDER BY id"
+                )
+            )
+        ).all()
+        checkpoints = (
+            await conn.execute(
+                text(
+                    "SELECT session_id, iteration_number, message_history::text,"
+                    " sandbox_id, retry_counts::text, session_cost_microdollars::bigint"
+                    " FROM agent_checkpoints ORDER BY session_id, iteration_number"
+                )
+            )
+        ).all()
+        users = (
+            await conn.execute(
+                text(
+                    "SELECT clerk_user_id, tier, subscription_renewal_date"
+                    " FROM user_settings ORDER BY 1"
+                )
+            )
+        ).all()
+    return {
+        "sessions": [tuple(r) for r in sessions],
+        "checkpoints": [
+            (r[0], r[1], json.loads(r[2]), r[3], json.loads(r[4]), r[5]) for r in checkpoints
+        ],
+        "users": [tuple(r) for r in users],
+    }
+
+
+async def test_upgrade_and_downgrade_with_data(make_database: Callable[[], Awaitable[str]]) -> None:
+    engine = create_engine(await make_database())
+    try:
+        await upgrade(engine, "0002")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO user_settings (clerk_user_id, tier, subscription_renewal_date)"
+                    " VALUES ('u-1', 'partner', '2026-12-06T00:00:00Z'), ('u-2', 'cto_scale', NULL)"
+                )
+            )
+            for sid, status, cost in (
+                ("s-work", "working", 2_000_000_000),
+                ("s-sleep", "sleeping", 7),
+                ("s-done", "completed", 0),
+            ):
+                await conn.execute(
+                    text(
+                        "INSERT INTO agent_sessions (id, job_id, clerk_user_id, tier, model_used,"
+                        " status, cumulative_cost_microdollars, daily_budget_microdollars)"
+                        " VALUES (:id, 'j', 'u-1', 'partner', :model, :st, :c, 5)"
+                    ),
+                    {"id": sid, "st": status, "c": cost, "model": "claude-sonnet-4-20250514"},
+                )
+                for it in range(3):
+                    await conn.execute(
+                        text(
+                            "INSERT INTO agent_checkpoints (session_id, job_id, message_history,"
+                            " sandbox_id, current_phase, retry_counts, session_cost_microdollars,"
+                            " daily_budget_microdollars, iteration_number, agent_state)"
+                            " VALUES (:s, 'j', :h, 'sbx', 'plan', :r, :c, 5, :it, :st)"
+                        ),
+                        {
+                            "s": sid,
+                            "h": json.dumps(HISTORY[: it + 2]),
+                            "r": json.dumps({"bash": it}),
+                            "c": it * 10,
+                            "it": it,
+                            "st": status,
+                        },
+                    )
+        before = await rows(engine)
+
+        await upgrade(engine)
+        assert await rows(engine) == before
+        async with engine.connect() as conn:
+            wake = (
+                await conn.execute(
+                    text("SELECT id, wake_at IS NOT NULL FROM agent_sessions ORDER BY id")
+                )
+            ).all()
+            counts = (
+                await conn.execute(
+                    text(
+                        "SELECT DISTINCT message_count = jsonb_array_length(message_history)"
+                        " FROM agent_checkpoints"
+                    )
+                )
+            ).all()
+        assert dict(wake) == {"s-done": False, "s-sleep": True, "s-work": False}
+        assert counts == [(True,)]
+
+        # New saves at head are stored as deltas on the migrated rows.
+        factory = create_session_factory(engine)
+        async with factory.begin() as s:
+            repo = CheckpointRepository(s, keep_last=100)
+            await repo.save(
+                AgentCheckpoint(
+                    session_id="s-work", job_id="j", message_history=HISTORY[:5], iteration_number=3
+                )
+            )
+            await repo.save(
+                AgentCheckpoint(
+                    session_id="s-work", job_id="j", message_history=HISTORY, iteration_number=4
+                )
+            )
+        async with engine.connect() as conn:
+            bases = (
+                await conn.execute(
+                    text(
+                        "SELECT iteration_number, base_message_count FROM agent_checkpoints"
+                        " WHERE session_id = 's-work' AND iteration_number >= 3 ORDER BY 1"
+                    )
+                )
+            ).all()
+        assert bases == [(3, 0), (4, 5)]  # the first save after the upgrade is a keyframe
+        at_head = await rows(engine)
+        delta = at_head["checkpoints"][-1]
+        assert delta[2] == HISTORY[5:]  # on disk: only the new message
+
+        await downgrade(engine, "0002")
+        assert await current(engine) == "0002"
+        after_down = await rows(engine)
+        # Every row is still there, and the delta was expanded back into its full history.
+        expected = {
+            **at_head,
+            "checkpoints": [*at_head["checkpoints"][:-1], (*delta[:2], HISTORY, *delta[3:])],
+        }
+        assert after_down == expected
+
+        await upgrade(engine)
+        assert await rows(engine) == expected
+    finally:
+        await engine.dispose()
