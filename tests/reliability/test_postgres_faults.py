@@ -113,11 +113,20 @@ async def _workload(
     chaos_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await chaos_task
+    # Pooled connections that the chaos killed are found dead only on use; start the
+    # checks below from a clean pool (the worker keeps its own retry loop).
+    await factory.kw["bind"].dispose()
     deadline = asyncio.get_running_loop().time() + 30
     while asyncio.get_running_loop().time() < deadline:
-        async with factory() as s:
-            left = await s.scalar(select(func.count()).where(AgentSession.status == "sleeping"))
-        if not left:
+
+        async def count_sleeping() -> int:
+            async with factory() as s:
+                return int(
+                    await s.scalar(select(func.count()).where(AgentSession.status == "sleeping"))
+                    or 0
+                )
+
+        if not await retrying(count_sleeping):
             break
         await asyncio.sleep(0.1)
     stop.set()
@@ -148,7 +157,10 @@ async def _check(factory: Factory, result: dict[str, Any]) -> None:
 
 
 async def test_terminated_backends(
-    session_factory: Factory, store: RedisSessionStore, engine: AsyncEngine
+    session_factory: Factory,
+    store: RedisSessionStore,
+    engine: AsyncEngine,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     kills = 0
 
@@ -169,10 +181,14 @@ async def test_terminated_backends(
     result = await _workload(session_factory, store, chaos)
     await _check(session_factory, result)
     assert kills >= 20, f"only {kills} backends were terminated"
+    with capsys.disabled():
+        print(f"\n  {kills} backends terminated under 200 charges, 160 saves, 40 wakes")
 
 
 @pytest.mark.timeout(300)
-async def test_server_restart(tmp_path: Path, store: RedisSessionStore) -> None:
+async def test_server_restart(
+    tmp_path: Path, store: RedisSessionStore, capsys: pytest.CaptureFixture[str]
+) -> None:
     server = EmbeddedPostgres(tmp_path / "pg")
     try:
         await asyncio.to_thread(server.start)
@@ -196,6 +212,8 @@ async def test_server_restart(tmp_path: Path, store: RedisSessionStore) -> None:
         result = await _workload(factory, store, chaos)
         await _check(factory, result)
         assert restarts >= 1
+        with capsys.disabled():
+            print(f"\n  {restarts} server restarts under 200 charges, 160 saves, 40 wakes")
     finally:
         await engine.dispose()
         await asyncio.to_thread(server.stop)
