@@ -416,11 +416,11 @@ class CheckpointRepository:
         """Whether retention is worth a statement after this save.
 
         Rows become deletable when the newest ``keep_last`` stop needing an older
-        keyframe: right after a keyframe, or once ``keep_last`` rows hang off the
-        newest one. Every ``keep_last``-th iteration runs it too, for saves that
-        arrive out of order. Skipping it otherwise saves a round trip per save.
+        keyframe, that is once ``keep_last`` rows hang off the newest one. Every
+        ``keep_last``-th iteration runs it too, for saves that arrive out of order or
+        rewrite history. Skipping it otherwise saves a round trip per save.
         """
-        return depth in (0, self.keep_last - 1) or iteration % self.keep_last == 0
+        return depth == self.keep_last - 1 or iteration % self.keep_last == 0
 
     def _shared_prefix(self, p: _Payload, parent: MetaRow | None) -> bytes | None:
         """The parent's history as a canonical prefix of this one, if this extends it and
