@@ -38,7 +38,7 @@ from app.lifecycle import (
     start_session,
     stop_session,
 )
-from app.repositories import BudgetRepository
+from app.repositories import BudgetRepository, ChargeResult
 from app.settings import Settings
 from app.workers import BudgetDaemon, WakeWorker
 
@@ -173,19 +173,21 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
         iteration += 1
         inp, out = _tokens_for(rng, max(budget, 1), model, rt.settings)
         request_id = f"{fleet.run_id}-{session_id}-{iteration}-{uuid.uuid4().hex[:8]}"
-        async with rt.session_factory.begin() as s:
-            result = await BudgetRepository(s, rt.settings).charge(
-                session_id=session_id, request_id=request_id, model=model,
-                input_tokens=inp, output_tokens=out, now=fleet.clock(),
-            )  # fmt: skip
-        fleet.fresh_charges += 1
-        fleet.fresh_cost += result.cost_microdollars
-        if rng.random() < 0.05:  # the provider's client retried the same call
+
+        async def charge(
+            request_id: str = request_id, inp: int = inp, out: int = out
+        ) -> ChargeResult:
             async with rt.session_factory.begin() as s:
-                again = await BudgetRepository(s, rt.settings).charge(
+                return await BudgetRepository(s, rt.settings).charge(
                     session_id=session_id, request_id=request_id, model=model,
                     input_tokens=inp, output_tokens=out, now=fleet.clock(),
                 )  # fmt: skip
+
+        result = await charge()
+        fleet.fresh_charges += 1
+        fleet.fresh_cost += result.cost_microdollars
+        if rng.random() < 0.05:  # the provider's client retried the same call
+            again = await charge()
             fleet.duplicates_seen += 1
             if not again.duplicate or again.cost_microdollars != result.cost_microdollars:
                 fleet.duplicate_breaches.append(f"{session_id}: {request_id}")

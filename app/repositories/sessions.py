@@ -10,6 +10,7 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    DateTime,
     Select,
     String,
     and_,
@@ -52,6 +53,36 @@ _NOTIFY_BATCH: Final = 25
 
 _columns = AgentSession.__table__.c
 _budget_days = BudgetDay.__table__
+
+
+def _build_transition(target: SessionStatus) -> Any:
+    """The guarded UPDATE into ``target``, built once (DESIGN.md §5):
+    ``... SET status = :to, version = version + 1 WHERE id = :id AND status = ANY(:expected)``.
+    Entering ``sleeping`` sets ``wake_at``, leaving it clears it; ``completed`` stamps
+    ``completed_at``."""
+    values: dict[str, Any] = {
+        "status": target.value,
+        "version": _columns.version + 1,
+        "wake_at": (
+            bindparam("p_wake_at", type_=DateTime(timezone=True))
+            if target is SessionStatus.SLEEPING
+            else None
+        ),
+    }
+    if target is SessionStatus.COMPLETED:
+        values["completed_at"] = func.now()
+    return (
+        update(AgentSession)
+        .where(
+            _columns.id == bindparam("p_id", type_=String),
+            _columns.status == func.any(bindparam("p_sources", type_=ARRAY(String))),
+        )
+        .values(**values)
+        .returning(AgentSession)
+    )
+
+
+_TRANSITIONS: Final = {target: _build_transition(target) for target in SessionStatus}
 
 
 class SessionRepository:
@@ -124,27 +155,21 @@ class SessionRepository:
         require_text(session_id, "session_id")
         target = parse_enum(SessionStatus, to, "to")
         sources = parse_statuses(expected) & ALLOWED_SOURCES[target]
-        values: dict[str, Any] = {"status": target.value, "version": _columns.version + 1}
+        params: dict[str, Any] = {
+            "p_id": session_id,
+            "p_sources": sorted(status.value for status in sources),
+        }
         if target is SessionStatus.SLEEPING:
             if wake_at is None:
                 raise InvalidInput("entering sleeping requires wake_at", field="wake_at")
-            values["wake_at"] = require_aware(wake_at, "wake_at")
+            params["p_wake_at"] = require_aware(wake_at, "wake_at")
         elif wake_at is not None:
             raise InvalidInput(f"wake_at is only set when entering sleeping, not {target}")
-        else:
-            values["wake_at"] = None
-        if target is SessionStatus.COMPLETED:
-            values["completed_at"] = func.now()
-
-        stmt = (
-            update(AgentSession)
-            .where(_columns.id == session_id, _columns.status.in_([s.value for s in sources]))
-            .values(**values)
-            .returning(AgentSession)
-        )
         with translate_errors(session_id=session_id):
-            moved = (
-                await self.session.scalars(stmt, execution_options={"populate_existing": True})
+            moved: AgentSession | None = (
+                await self.session.scalars(
+                    _TRANSITIONS[target], params, execution_options={"populate_existing": True}
+                )
             ).one_or_none()
         if moved is not None:
             return moved

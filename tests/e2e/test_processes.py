@@ -167,3 +167,27 @@ async def test_bad_on_resume_path_is_a_usage_error(
     )
     assert proc.popen.wait(30) == 2
     assert "cannot load --on-resume" in proc.text()
+
+
+async def test_metrics_endpoint_serves_prometheus_text(
+    e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    import socket
+    import urllib.request
+
+    url, engine = e2e_db
+    await make_due_sleepers(engine, 5)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = worker_env(url, redis_url, key_prefix, tmp_path / "r.txt", WAKE_POLL_INTERVAL="0.2")
+    worker = spawn(["worker", "--metrics-port", str(port)], env)
+    await wait_until_woken(engine, 5, within=30)
+    body = await asyncio.to_thread(
+        lambda: (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        )
+    )
+    assert 'agent_wakes_total{reason="due"} 5.0' in body
+    assert "agent_batch_duration_seconds_count" in body
+    assert stop(worker) == 0
