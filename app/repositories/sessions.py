@@ -206,20 +206,6 @@ class SessionRepository:
             raise SessionNotFound(session_id)
         return int(total)
 
-    async def set_daily_budget(self, session_id: str, microdollars: int) -> None:
-        """Record the day's budget on the session (a snapshot; ``budget_days`` is the truth)."""
-        require_text(session_id, "session_id")
-        require_money(microdollars, "microdollars")
-        result = await self.session.execute(
-            update(AgentSession)
-            .where(_columns.id == session_id)
-            .values(daily_budget_microdollars=microdollars)
-            .returning(_columns.id),
-            execution_options={"synchronize_session": False},
-        )
-        if result.scalar() is None:
-            raise SessionNotFound(session_id)
-
     async def wake_many(self, budgets: Mapping[str, int]) -> list[AgentSession]:
         """``sleeping -> working`` for many sessions in one guarded UPDATE, recording each
         one's budget for the new day. Returns the rows that moved (callers hold their

@@ -47,8 +47,9 @@ def real_seconds_until(clock: Clock, moment: datetime) -> float:
 
 
 class WakeWorker:
-    """Claims due sleepers in batches (``SKIP LOCKED``), wakes each in a savepoint, then
-    rewrites its Redis key and hands it to ``on_resume``. Run any number at once."""
+    """Claims due sleepers in batches (``SKIP LOCKED``), wakes a batch in one transaction
+    (a session that cannot be restored stays asleep without aborting the others), then
+    rewrites the Redis keys and hands each session to ``on_resume``. Run any number."""
 
     def __init__(
         self,
