@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -86,6 +87,7 @@ class Fleet:
     events: Counter[str] = field(default_factory=Counter)
     first_sleep: asyncio.Event = field(default_factory=asyncio.Event)
     careless: set[str] = field(default_factory=set)
+    call_share: tuple[float, float] = (0.02, 0.05)
 
     def mark(self, session_id: str, what: str) -> None:
         day = self.clock().date()
@@ -106,14 +108,20 @@ async def on_resume(fleet: Fleet, restored: RestoredSession) -> None:
         queue.put_nowait(restored)
 
 
-def _tokens_for(rng: random.Random, budget: int, model: str, settings: Settings) -> tuple[int, int]:
-    """A call that costs 2-5 % of the day's budget, split like real agent traffic.
+def _tokens_for(
+    rng: random.Random,
+    budget: int,
+    model: str,
+    settings: Settings,
+    share: tuple[float, float] = (0.02, 0.05),
+) -> tuple[int, int]:
+    """A call that costs ``share`` (2-5 %) of the day's budget, split like real traffic.
 
     Agents sleep from ``wind_down`` (90 %) on, so a user with three sessions in
     flight ends the day at most 3 x 5 % past it: under the 110 % runaway line.
     """
     price = settings.model_prices[model]
-    target = max(1, int(budget * rng.uniform(0.02, 0.05)))
+    target = max(1, int(budget * rng.uniform(*share)))
     output = rng.randint(300, 2_000)
     out_cost = output * price.output_per_mtok // 1_000_000
     if out_cost >= target:
@@ -131,6 +139,56 @@ async def wake_after(queue: asyncio.Queue[RestoredSession], version: int) -> Res
         restored = await queue.get()
         if restored.session.version > version:
             return restored
+
+
+async def rest(
+    fleet: Fleet,
+    rt: Runtime,
+    queue: asyncio.Queue[RestoredSession],
+    session_id: str,
+    snapshot: Callable[[], AgentCheckpoint],
+    decision: Decision,
+) -> RestoredSession:
+    """Sleep until the next budget day, or stop and resume after a top-up; returns what
+    PostgreSQL restores. A daemon may have slept or stopped the session meanwhile, so
+    each way hands over to the other when the session already went that way."""
+    stop = decision is Decision.STOP
+    while True:
+        if not stop:
+            slept_at = fleet.clock()
+            try:
+                sleeping = await sleep_session(rt, snapshot(), now=slept_at)
+            except InvalidTransition as exc:
+                if exc.current is not SessionStatus.BUDGET_EXCEEDED:
+                    raise
+                stop = True
+                continue
+            assert sleeping.wake_at is not None
+            record = SleepRecord(
+                session_id, slept_at, sleeping.wake_at, list(snapshot().message_history)
+            )
+            fleet.sleeps.append(record)
+            fleet.first_sleep.set()
+            fleet.mark(session_id, "sleep")
+            restored = await wake_after(queue, sleeping.version)
+            record.woke_at = fleet.clock()
+            record.restored = restored.checkpoint.message_history if restored.checkpoint else None
+            fleet.mark(session_id, "wake")
+            return restored
+        try:
+            await stop_session(rt, session_id, checkpoint=snapshot())
+        except InvalidTransition as exc:
+            if exc.current is not SessionStatus.SLEEPING:
+                raise
+            stop = False
+            continue
+        fleet.mark(session_id, "stop")
+        # A top-up the next morning (the demo's stand-in for a payment).
+        midnight = policy.next_budget_day_start(fleet.clock())
+        await asyncio.sleep(fleet.clock.real_seconds(midnight - fleet.clock()) + 0.05)
+        restored = await resume_session(rt, session_id, reason="top-up (demo)")
+        fleet.mark(session_id, "wake")
+        return restored
 
 
 async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tier) -> None:
@@ -171,7 +229,7 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
         if fleet.clock() >= fleet.end:
             break
         iteration += 1
-        inp, out = _tokens_for(rng, max(budget, 1), model, rt.settings)
+        inp, out = _tokens_for(rng, max(budget, 1), model, rt.settings, fleet.call_share)
         request_id = f"{fleet.run_id}-{session_id}-{iteration}-{uuid.uuid4().hex[:8]}"
 
         async def charge(
@@ -213,32 +271,7 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
             async with rt.session_factory.begin() as s:
                 await rt.checkpoints(s).save(snapshot())
             continue
-        stopped = None
-        if result.decision is Decision.STOP:
-            try:
-                stopped = await stop_session(rt, session_id, checkpoint=snapshot())
-            except InvalidTransition as exc:
-                if exc.current is not SessionStatus.SLEEPING:
-                    raise
-                # The budget daemon put it to sleep first: sleep like any other.
-        if stopped is not None:
-            fleet.mark(session_id, "stop")
-            midnight = policy.next_budget_day_start(fleet.clock())
-            await asyncio.sleep(fleet.clock.real_seconds(midnight - fleet.clock()) + 0.05)
-            restored = await resume_session(rt, session_id, reason="top-up (demo)")
-            fleet.mark(session_id, "wake")
-        else:
-            slept_at = fleet.clock()
-            sleeping = await sleep_session(rt, snapshot(), now=slept_at)
-            assert sleeping.wake_at is not None
-            record = SleepRecord(session_id, slept_at, sleeping.wake_at, list(history))
-            fleet.sleeps.append(record)
-            fleet.first_sleep.set()
-            fleet.mark(session_id, "sleep")
-            restored = await wake_after(queue, sleeping.version)
-            record.woke_at = fleet.clock()
-            record.restored = restored.checkpoint.message_history if restored.checkpoint else None
-            fleet.mark(session_id, "wake")
+        restored = await rest(fleet, rt, queue, session_id, snapshot, result.decision)
         # Carry on from what PostgreSQL gave back, not from local memory.
         cp = restored.checkpoint
         if cp is not None:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ROOT: Final = Path(".local")
 _START_TIMEOUT: Final = 60.0
+_START_ATTEMPTS: Final = 3
 _UNPRIVILEGED_USER: Final = "nobody"  # PostgreSQL refuses to run as root.
 
 
@@ -172,14 +173,21 @@ class EmbeddedPostgres:
             )  # fmt: skip
         self.port = self.port or _free_port()
         options = f"-p {self.port} -h 127.0.0.1 -k {self.pgdata.resolve()} -F"
-        try:
-            self._run(
-                "pg_ctl", "-D", str(self.pgdata), "-l", str(self.pgdata / "server.log"),
-                "-o", options, "-w", "-t", str(int(_START_TIMEOUT)), "start",
-            )  # fmt: skip
-        except LocalServiceError as exc:
-            log_text = (self.pgdata / "server.log").read_text(errors="replace")[-2000:]
-            raise LocalServiceError(f"embedded PostgreSQL did not start:\n{log_text}") from exc
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self._run(
+                    "pg_ctl", "-D", str(self.pgdata), "-l", str(self.pgdata / "server.log"),
+                    "-o", options, "-w", "-t", str(int(_START_TIMEOUT)), "start",
+                )  # fmt: skip
+                break
+            except LocalServiceError as exc:
+                # Backends orphaned by a killed postmaster hold its shared memory for a
+                # moment after it dies; PostgreSQL refuses to start until they are gone.
+                if attempt < _START_ATTEMPTS:
+                    time.sleep(1.0)
+                    continue
+                log_text = (self.pgdata / "server.log").read_text(errors="replace")[-2000:]
+                raise LocalServiceError(f"embedded PostgreSQL did not start:\n{log_text}") from exc
         self._started = True
         _wait_for_port(self.port, what="embedded PostgreSQL")
 
