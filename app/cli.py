@@ -9,10 +9,10 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from sqlalchemy import func, select
@@ -120,29 +120,48 @@ async def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    hook = load_hook(args.on_resume or settings.on_resume)
+class Process(Protocol):
+    """What the CLI runs until a signal: the wake worker or the budget daemon."""
+
+    async def run_forever(self, stop: asyncio.Event) -> None: ...
+
+
+async def serve_process(
+    name: str,
+    settings: Settings,
+    args: argparse.Namespace,
+    build: Callable[[Connected, int], Process],
+) -> int:
+    """Run one long-lived process against shared servers until SIGTERM / SIGINT."""
     async with connect(settings, embedded_ok=False) as c:
         metrics.serve(args.metrics_port or settings.metrics_port)
-        worker = WakeWorker(
-            c.session_factory, c.store, settings, on_resume=hook, batch_size=args.batch_size
-        )
+        process = build(c, args.batch_size or settings.batch_size)
         stop = stop_on_signals()
-        log.info("worker started database=%s", mask_password(c.services.database_url))
-        await worker.run_forever(stop)
-    log.info("worker stopped")
+        log.info("%s started database=%s", name, mask_password(c.services.database_url))
+        await process.run_forever(stop)
+    log.info("%s stopped", name)
     return 0
+
+
+async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    hook = load_hook(args.on_resume or settings.on_resume)
+    return await serve_process(
+        "worker",
+        settings,
+        args,
+        lambda c, batch: WakeWorker(
+            c.session_factory, c.store, settings, on_resume=hook, batch_size=batch
+        ),
+    )
 
 
 async def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
-    async with connect(settings, embedded_ok=False) as c:
-        metrics.serve(args.metrics_port or settings.metrics_port)
-        daemon = BudgetDaemon(c.session_factory, c.store, settings, batch_size=args.batch_size)
-        stop = stop_on_signals()
-        log.info("daemon started database=%s", mask_password(c.services.database_url))
-        await daemon.run_forever(stop)
-    log.info("daemon stopped")
-    return 0
+    return await serve_process(
+        "daemon",
+        settings,
+        args,
+        lambda c, batch: BudgetDaemon(c.session_factory, c.store, settings, batch_size=batch),
+    )
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -151,8 +170,10 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         await upgrade(c.engine)
         metrics.serve(args.metrics_port or settings.metrics_port)
         stop = stop_on_signals()
-        worker = WakeWorker(c.session_factory, c.store, settings, on_resume=hook)
-        daemon = BudgetDaemon(c.session_factory, c.store, settings)
+        worker = WakeWorker(
+            c.session_factory, c.store, settings, on_resume=hook, batch_size=settings.batch_size
+        )
+        daemon = BudgetDaemon(c.session_factory, c.store, settings, batch_size=settings.batch_size)
         log.info("worker and daemon started database=%s", mask_password(c.services.database_url))
         await asyncio.gather(worker.run_forever(stop), daemon.run_forever(stop))
     return 0
@@ -217,11 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="wake sleeping sessions when they are due")
     worker.add_argument("--on-resume", metavar="MODULE:FUNCTION", help="resume hook to call")
-    worker.add_argument("--batch-size", type=int, default=100)
+    worker.add_argument("--batch-size", type=int, help="sessions per claim (BATCH_SIZE)")
     worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
 
     daemon = sub.add_parser("daemon", help="sleep silent over-budget sessions, stop runaways")
-    daemon.add_argument("--batch-size", type=int, default=100)
+    daemon.add_argument("--batch-size", type=int, help="sessions per pass (BATCH_SIZE)")
     daemon.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
 
     run = sub.add_parser("run", help="worker and daemon in one process (embedded servers if unset)")
