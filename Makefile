@@ -22,7 +22,7 @@ install: $(STAMP)  ## create .venv with every extra (idempotent)
 test: install  ## run the whole test suite (embedded servers unless TEST_*_URL are set)
 	$(PY) -m pytest
 
-test-unit: install  ## unit tests only: no I/O, about a second
+test-unit: install  ## unit tests only: no I/O, a few seconds
 	$(PY) -m pytest tests/unit
 
 lint: install  ## ruff lint and format check
