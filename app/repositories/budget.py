@@ -194,7 +194,10 @@ class BudgetRepository:
                 "p_cost": cost,
                 "p_day": day,
             }
-            row = (await self.session.execute(_CHARGE, params)).one()
+            # Core on the session's connection: no ORM bookkeeping on the hot path.
+            await self.session.flush()
+            connection = await self.session.connection()
+            row = (await connection.execute(_CHARGE, params)).one()
             if not row.found:
                 raise SessionNotFound(session_id)
             if not row.inserted:

@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as cast_
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import AgentCheckpoint, AgentSession
 from app.domain import CheckpointNotFound, SessionNotFound, SessionStatus
@@ -365,6 +365,13 @@ class CheckpointRepository:
             keyframe_every, "keyframe_every", minimum=1, maximum=INT_MAX
         )
 
+    async def _connection(self) -> AsyncConnection:
+        # Every statement here is Core over tables: run it on the session's connection
+        # (same transaction) and skip the ORM's per-execution bookkeeping. Pending ORM
+        # objects are flushed first, as Session.execute's autoflush would.
+        await self.session.flush()
+        return await self.session.connection()
+
     # ------------------------------------------------------------------- save
 
     async def save(self, checkpoint: AgentCheckpoint) -> AgentCheckpoint:
@@ -379,9 +386,9 @@ class CheckpointRepository:
         p = _Payload.of(checkpoint)
         key = {"p_session_id": p.session_id, "p_iteration": p.iteration_number}
         with translate_errors(session_id=p.session_id):
-            if await self.session.scalar(_TOUCH_SESSION, key) is None:
+            if await (await self._connection()).scalar(_TOUCH_SESSION, key) is None:
                 raise SessionNotFound(p.session_id)
-            rows = (await self.session.execute(_NEIGHBOURS, key)).all()
+            rows = (await (await self._connection()).execute(_NEIGHBOURS, key)).all()
             existing = rows[0] if rows and rows[0].iteration_number == p.iteration_number else None
             parent = next((r for r in rows if r.iteration_number < p.iteration_number), None)
 
@@ -407,7 +414,7 @@ class CheckpointRepository:
                     "p_parent": parent.iteration_number,
                     "p_depth": parent.delta_depth + 1,
                 }
-            row = (await self.session.execute(_UPSERT, params)).one()
+            row = (await (await self._connection()).execute(_UPSERT, params)).one()
             if self._may_free_rows(params["p_depth"], p.iteration_number):
                 await self.prune(p.session_id, keep_last=self.keep_last)
         return _checkpoint(row, p.history.messages)
@@ -439,12 +446,12 @@ class CheckpointRepository:
     async def _detach_dependants(self, session_id: str, iteration: int) -> None:
         """Rewrite the deltas built on ``iteration`` as keyframes before it changes."""
         key = {"p_session_id": session_id, "p_iteration": iteration}
-        for child in list(await self.session.scalars(_DEPENDANTS, key)):
+        for child in list(await (await self._connection()).scalars(_DEPENDANTS, key)):
             found = await self._load(_LOAD_ANY, session_id, child)
             if found is None:  # pragma: no cover - the row was selected just above
                 continue
             history = orjson.dumps(found[1], option=orjson.OPT_SORT_KEYS).decode()
-            await self.session.execute(
+            await (await self._connection()).execute(
                 _MAKE_KEYFRAME,
                 {"p_session_id": session_id, "p_iteration": child, "p_history": history},
             )
@@ -460,7 +467,7 @@ class CheckpointRepository:
             "p_iteration": iteration,
             "p_skip": self.keep_last - 1,
         }
-        rows = (await self.session.execute(statement, params)).all()
+        rows = (await (await self._connection()).execute(statement, params)).all()
         return _rebuild_chain(session_id, rows) if rows else None
 
     async def load_latest(self, session_id: str) -> AgentCheckpoint | None:
@@ -482,7 +489,7 @@ class CheckpointRepository:
         out: dict[str, AgentCheckpoint | CheckpointNotFound | None] = dict.fromkeys(ids)
         if not ids:
             return out
-        rows = (await self.session.execute(_LOAD_LATEST_MANY, {"p_ids": ids})).all()
+        rows = (await (await self._connection()).execute(_LOAD_LATEST_MANY, {"p_ids": ids})).all()
         for session_id, chain in itertools.groupby(rows, key=lambda r: r.session_id):
             try:
                 out[session_id] = _checkpoint(*_rebuild_chain(session_id, list(chain)))
@@ -517,7 +524,7 @@ class CheckpointRepository:
                 created_at=r.created_at,
                 updated_at=r.updated_at,
             )
-            for r in await self.session.execute(_LIST, params)
+            for r in await (await self._connection()).execute(_LIST, params)
         ]
 
     # -------------------------------------------------------------- retention
@@ -527,7 +534,7 @@ class CheckpointRepository:
         they need. Never deletes the latest checkpoint. Returns the rows deleted."""
         require_text(session_id, "session_id")
         require_int(keep_last, "keep_last", minimum=1, maximum=INT_MAX)
-        result = await self.session.execute(
+        result = await (await self._connection()).execute(
             _PRUNE, {"p_session_id": session_id, "p_keep": keep_last}
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return int(result.rowcount)

@@ -57,13 +57,17 @@ async def test_two_workers_wake_a_thousand_sessions_exactly_once(
     e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str, spawn: Spawn, tmp_path: Path
 ) -> None:
     url, engine = e2e_db
-    await make_due_sleepers(engine, 1_000)
     resumes = tmp_path / "resumes.txt"
-    env = worker_env(url, redis_url, key_prefix, resumes, WAKE_POLL_INTERVAL="0.5")
+    env = worker_env(
+        url, redis_url, key_prefix, resumes, WAKE_POLL_INTERVAL="0.2", E2E_RESUME_DELAY="0.001"
+    )
     workers = [
         spawn(["worker", "--on-resume", "tests.e2e.hooks:record", "--batch-size", "50"], env)
         for _ in range(2)
     ]
+    for worker in workers:  # both up and polling before there is any work to share
+        worker.wait_for_output("listening channel=agent_wake")
+    await make_due_sleepers(engine, 1_000)
     await wait_until_woken(engine, 1_000, within=90)
     await asyncio.sleep(1)  # let the hooks of the last batch finish
     assert [stop(w) for w in workers] == [0, 0]

@@ -507,3 +507,15 @@ async def test_every_retained_checkpoint_loads_as_saved(
     assert latest is not None
     assert latest.iteration_number == max(saved)
     assert latest.message_history == saved[max(saved)]
+
+
+async def test_pending_orm_objects_are_flushed_before_a_save(session_factory: Factory) -> None:
+    """Mixing ``session.add`` with the repository in one transaction works as with
+    ``Session.execute``: the pending session row exists before the checkpoint needs it."""
+    async with session_factory.begin() as s:
+        s.add(
+            AgentSession(id="added", job_id="j", clerk_user_id="u", tier="partner", model_used="m")
+        )
+        saved = await CheckpointRepository(s).save(checkpoint(0, [message(0)], session_id="added"))
+    assert saved.session_id == "added"
+    assert (await load(session_factory, "added", 0)).message_history == [message(0)]
