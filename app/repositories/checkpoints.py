@@ -398,7 +398,7 @@ class CheckpointRepository:
                     return _checkpoint(existing, p.history.messages)
                 await self._detach_dependants(p.session_id, p.iteration_number)
 
-            shared = self._shared_prefix(p, parent)
+            shared = self._shared_prefix(p, parent, full_digest)
             params = p.params() | {"p_digest": full_digest}
             if shared is None or parent is None:
                 params |= {
@@ -429,7 +429,9 @@ class CheckpointRepository:
         """
         return depth == self.keep_last - 1 or iteration % self.keep_last == 0
 
-    def _shared_prefix(self, p: _Payload, parent: MetaRow | None) -> bytes | None:
+    def _shared_prefix(
+        self, p: _Payload, parent: MetaRow | None, full_digest: bytes
+    ) -> bytes | None:
         """The parent's history as a canonical prefix of this one, if this extends it and
         the chain may grow; None means "write a keyframe"."""
         if (
@@ -440,6 +442,8 @@ class CheckpointRepository:
             or parent.delta_depth + 1 >= self.keyframe_every
         ):
             return None
+        if parent.message_count == len(p.history):  # same length: same history or none
+            return p.history.body if full_digest == parent.history_digest else None
         prefix = p.history.prefix(parent.message_count)
         return prefix if digest(prefix) == parent.history_digest else None
 
