@@ -32,7 +32,7 @@ async def wait_until_woken(engine: AsyncEngine, n: int, within: float) -> float:
     while time.monotonic() - started < within:
         if await count_status(engine, "working") >= n:
             return time.monotonic() - started
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.02)
     raise AssertionError(f"only {await count_status(engine, 'working')} of {n} woken")
 
 

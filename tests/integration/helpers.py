@@ -14,10 +14,6 @@ SONNET = "claude-sonnet-4-20250514"
 OPUS = "claude-opus-4-20250514"
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
-
-
 def later(seconds: float = 3600) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 

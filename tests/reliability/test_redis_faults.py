@@ -53,9 +53,16 @@ async def test_redis_stops_mid_run_and_keys_are_rebuilt(
         task = asyncio.create_task(worker.run_forever(stop))
         await asyncio.sleep(0.05)
         await asyncio.to_thread(redis_server.stop)  # Redis goes away mid-run
-        await asyncio.sleep(1.5)  # the later half falls due while it is down
-        async with session_factory() as s:
-            asleep = await s.scalar(select(func.count()).where(AgentSession.status == "sleeping"))
+        # The later half falls due while it is down: PostgreSQL wakes must not wait for it.
+        asleep = -1
+        for _ in range(200):
+            async with session_factory() as s:
+                asleep = await s.scalar(
+                    select(func.count()).where(AgentSession.status == "sleeping")
+                )
+            if asleep == 0:
+                break
+            await asyncio.sleep(0.05)
         assert asleep == 0, "PostgreSQL wakes must not wait for Redis"
         assert worker.rt.pending_keys, "some keys should have failed while Redis was down"
         await asyncio.to_thread(redis_server.start)  # back, empty: it keeps nothing on disk
