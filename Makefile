@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit lint format typecheck check migrate run demo worker daemon status bench bench-quick soak clean
+.PHONY: help install test test-unit test-dates lint format typecheck check migrate run demo worker daemon status bench bench-quick soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ test: install  ## run the whole test suite (embedded servers unless TEST_*_URL a
 test-unit: install  ## unit tests only: no I/O, a few seconds
 	$(PY) -m pytest tests/unit
 
+test-dates: install  ## unit + integration tests with the clock at month ends, Feb 29, 23:59:59, years away
+	scripts/test-dates.sh $(PY)
+
 lint: install  ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -33,8 +36,8 @@ format: install  ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-typecheck: install  ## mypy --strict on the package
-	$(VENV)/bin/mypy --strict app
+typecheck: install  ## mypy --strict on app, tests and benchmarks
+	$(VENV)/bin/mypy --strict app tests benchmarks
 
 check: lint typecheck test  ## lint + types + tests, what CI runs
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from app.db.engine import create_engine, create_session_factory
@@ -283,20 +282,20 @@ async def agent_session(url: str, rounds: int, iterations: int) -> tuple[str, di
     summary: dict[str, Any] = {}
     for name, slot in results.items():
         save = statistics.median(slot["save"])
-        spread = (max(slot["save"]) - min(slot["save"])) / save * 50 if save else 0
+        spread = (max(slot["save"]) - min(slot["save"])) / save * 50 if save else 0.0
         load = statistics.median(slot["load"])
-        size = statistics.median(slot["bytes"])
-        cpu = statistics.median(slot["cpu"])
+        stored_bytes = statistics.median(slot["bytes"])
+        cpu_per_save = statistics.median(slot["cpu"])
         p99 = sorted(slot["all"])[int(len(slot["all"]) * 0.99) - 1]
         lines.append(
             f"| {name} | {save * 1e3:.3f} | ±{spread:.0f}% | {p99 * 1e3:.2f} |"
-            f" {size / 1e6:.3f} MB | {load * 1e3:.2f} |"
-            f" {cpu * 1e6:.0f} | {save / statistics.median(lg['save']):.2f}x |"
-            f" {size / statistics.median(lg['bytes']):.3f}x |"
+            f" {stored_bytes / 1e6:.3f} MB | {load * 1e3:.2f} |"
+            f" {cpu_per_save * 1e6:.0f} | {save / statistics.median(lg['save']):.2f}x |"
+            f" {stored_bytes / statistics.median(lg['bytes']):.3f}x |"
             f" {load / statistics.median(lg['load']):.2f}x |"
         )
-        summary[name] = {"mean_save_ms": save * 1e3, "bytes": size, "load_ms": load * 1e3,
-                         "cpu_us_per_iteration": cpu * 1e6}  # fmt: skip
+        summary[name] = {"mean_save_ms": save * 1e3, "bytes": stored_bytes, "load_ms": load * 1e3,
+                         "cpu_us_per_iteration": cpu_per_save * 1e6}  # fmt: skip
     return "\n".join(lines), summary
 
 
@@ -360,6 +359,7 @@ async def save_and_load(url: str, rounds: int, ops: int) -> tuple[str, dict[str,
                     " ORDER BY iteration_number DESC LIMIT 1",
                     sid,
                 )
+                assert row is not None
                 assert len(orjson.loads(row[0])) == m
 
         ops_m = max(5, ops // (10 if m == 1000 else 1))
@@ -388,7 +388,7 @@ async def charges(url: str, rounds: int, per_task: int) -> tuple[str, dict[str, 
     engine = create_engine(url, pool_size=32, max_overflow=0)
     factory = create_session_factory(engine)
     pool = await asyncpg.create_pool(dsn(url), min_size=32, max_size=32)
-    compiled = _CHARGE.compile(dialect=postgresql.asyncpg.dialect())
+    compiled = _CHARGE.compile(dialect=engine.dialect)
     sql = str(compiled)
     order = list(compiled.positiontup or [])
     sessions = [f"bench-{uuid.uuid4().hex[:10]}" for _ in range(32)]
@@ -451,7 +451,7 @@ async def charges(url: str, rounds: int, per_task: int) -> tuple[str, dict[str, 
         " CPU µs/charge | vs raw |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    summary = {}
+    summary: dict[str, Any] = {}
     for name, rates in results.items():
         rate = statistics.median(rates)
         spread = (max(rates) - min(rates)) / rate * 50
@@ -511,7 +511,9 @@ async def transitions_and_wakes(
 
     recs = {"SessionRepository.transition": Recorder("SessionRepository.transition"),
             "raw asyncpg": Recorder("raw asyncpg")}  # fmt: skip
-    await repo(0), await repo(1), await raw(0), await raw(1)
+    for warm_up in (repo, raw):
+        await warm_up(0)
+        await warm_up(1)
     for r in range(rounds):
         pairs = list(recs.items())
         for name, rec in pairs if r % 2 == 0 else list(reversed(pairs)):

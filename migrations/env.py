@@ -1,4 +1,9 @@
-"""Alembic environment: async engine, or a connection handed in by app.db.migrate."""
+"""Alembic environment: an async engine of its own, or a connectable handed in.
+
+``config.attributes["connection"]`` may hold a ``Connection`` (``app.db.migrate`` runs
+inside ``run_sync``), an ``Engine`` or an ``AsyncEngine`` (pytest-alembic passes the
+engine its ``alembic_engine`` fixture returns).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import asyncio
 
 from alembic import context
 from sqlalchemy import pool
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import app.db.models  # noqa: F401  (registers every table on Base.metadata)
 from app.db.base import Base
@@ -41,13 +47,35 @@ def do_run_migrations(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def run_async_migrations() -> None:
+async def run_async_migrations(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(do_run_migrations)
+
+
+async def run_on_own_engine() -> None:
     engine = create_engine(_database_url(), poolclass=pool.NullPool)
     try:
-        async with engine.begin() as connection:
-            await connection.run_sync(do_run_migrations)
+        await run_async_migrations(engine)
     finally:
         await engine.dispose()
+
+
+def run_migrations_online(shared: object) -> None:
+    if shared is None:
+        asyncio.run(run_on_own_engine())
+    elif isinstance(shared, Connection):
+        # app.db.migrate already holds a connection inside run_sync(); reuse it.
+        do_run_migrations(shared)
+    elif isinstance(shared, AsyncEngine):
+        asyncio.run(run_async_migrations(shared))
+    elif isinstance(shared, Engine):
+        with shared.begin() as connection:
+            do_run_migrations(connection)
+    else:
+        raise TypeError(
+            'config.attributes["connection"] must be a Connection, an Engine or an'
+            f" AsyncEngine, not {type(shared).__name__}"
+        )
 
 
 def run_migrations_offline() -> None:
@@ -63,8 +91,5 @@ def run_migrations_offline() -> None:
 
 if context.is_offline_mode():
     run_migrations_offline()
-elif (shared := config.attributes.get("connection")) is not None:
-    # app.db.migrate already holds a connection inside run_sync(); reuse it.
-    do_run_migrations(shared)
 else:
-    asyncio.run(run_async_migrations())
+    run_migrations_online(config.attributes.get("connection"))

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.budget.policy import STOP_ABOVE
+from app.clock import utc_now
 from app.db.models import AgentSession, BudgetDay
 from app.domain import (
     ALLOWED_SOURCES,
@@ -361,7 +362,8 @@ class SessionRepository:
         """Make sleeping sessions due at once (a top-up) and ``NOTIFY`` the workers.
 
         Give exactly one of ``session_id`` or ``clerk_user_id``. The notification on
-        :data:`WAKE_CHANNEL` is delivered when the caller commits. Returns how many
+        :data:`WAKE_CHANNEL` is delivered when the caller commits. ``now`` (default: the
+        host clock, which the workers read too) is when they fall due. Returns how many
         sessions were made due.
         """
         if (session_id is None) == (clerk_user_id is None):
@@ -370,7 +372,9 @@ class SessionRepository:
             match = _columns.id == require_text(session_id, "session_id")
         else:
             match = _columns.clerk_user_id == require_text(clerk_user_id, "clerk_user_id")
-        due = func.now() if now is None else require_aware(now, "now")
+        # The workers compare wake_at with their own clock, never the database's now():
+        # a top-up must be due on that clock whatever the two disagree by.
+        due = utc_now() if now is None else require_aware(now, "now")
         stmt = (
             update(AgentSession)
             .where(match, _columns.status == SessionStatus.SLEEPING.value)

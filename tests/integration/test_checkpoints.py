@@ -369,7 +369,11 @@ BAD = [
 
 @pytest.mark.parametrize(("case", "overrides", "index", "path"), BAD, ids=[b[0] for b in BAD])
 async def test_bad_payloads_raise_and_write_nothing(
-    session_factory: Factory, case: str, overrides: dict[str, Any], index: int | None, path: tuple
+    session_factory: Factory,
+    case: str,
+    overrides: dict[str, Any],
+    index: int | None,
+    path: tuple[str | int, ...],
 ) -> None:
     await make_session(session_factory)
     await save(session_factory, checkpoint(1, [message(0)]))

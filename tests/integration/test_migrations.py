@@ -1,58 +1,55 @@
-"""Migrations: round trip, no drift from the models, and 0002 as the original plan wrote it."""
+"""Migrations: pytest-alembic's built-in tests on a fresh database each, and 0002 as the
+original plan wrote it."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+import pytest
+from alembic.config import Config
+from pytest_alembic.plugin.fixtures import alembic_runner
+from pytest_alembic.tests import (
+    test_model_definitions_match_ddl,
+    test_single_head_revision,
+    test_up_down_consistency,
+    test_upgrade,
+)
+from sqlalchemy import inspect, pool, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.base import Base
 from app.db.engine import create_engine
-from app.db.migrate import current, downgrade, upgrade
+from app.db.migrate import alembic_config as project_alembic_config
+from app.db.migrate import upgrade
 
 NewDatabase = Callable[[], Awaitable[str]]
 
-
-def _tables(conn: Connection) -> set[str]:
-    return set(inspect(conn).get_table_names())
-
-
-async def test_upgrade_downgrade_upgrade(make_database: NewDatabase) -> None:
-    engine = create_engine(await make_database())
-    try:
-        await upgrade(engine)
-        async with engine.connect() as conn:
-            assert await conn.run_sync(_tables) == {
-                "alembic_version",
-                "user_settings",
-                "agent_sessions",
-                "agent_checkpoints",
-                "agent_cost_events",
-                "budget_days",
-            }
-        await downgrade(engine, "base")
-        async with engine.connect() as conn:
-            assert await conn.run_sync(_tables) == {"alembic_version"}
-        assert await current(engine) is None
-        await upgrade(engine)
-        assert await current(engine) == "0003"
-    finally:
-        await engine.dispose()
+# Single head; base -> head; every revision up then down to base; and autogenerate
+# finds no difference between the models and the DDL the migrations produce.
+__all__ = [
+    "alembic_runner",
+    "test_model_definitions_match_ddl",
+    "test_single_head_revision",
+    "test_up_down_consistency",
+    "test_upgrade",
+]
 
 
-async def test_models_and_migrations_do_not_drift(engine: Any) -> None:
-    def diff(conn: Connection) -> list[Any]:
-        ctx = MigrationContext.configure(
-            conn, opts={"compare_type": True, "compare_server_default": True}
-        )
-        return list(compare_metadata(ctx, Base.metadata))
+@pytest.fixture
+def alembic_config() -> Config:
+    """The project's own Alembic config (``[tool.alembic]`` in pyproject.toml)."""
+    return project_alembic_config()
 
-    async with engine.connect() as conn:
-        assert await conn.run_sync(diff) == []
+
+@pytest.fixture
+async def alembic_engine(make_database: NewDatabase) -> AsyncIterator[AsyncEngine]:
+    """An empty throwaway database for each built-in test. pytest-alembic runs env.py
+    with this engine under ``asyncio.run``, in a loop of its own: no pooled connection
+    may outlive that loop, hence ``NullPool``."""
+    engine = create_engine(await make_database(), poolclass=pool.NullPool)
+    yield engine
+    await engine.dispose()
 
 
 # The column list of ORIGINAL-PLAN-43-01.md, Task 1: (type, nullable).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
@@ -59,7 +61,7 @@ async def test_cumulative_cost_holds_a_trillion(session_factory: Factory) -> Non
         assert row.started_at.tzinfo is not None
 
 
-HISTORY = [
+HISTORY: list[dict[str, Any]] = [
     {"role": "user", "content": "Fix the tests — naïve café, 日本語, emoji 🚀, RTL שלום"},
     {
         "role": "assistant",

@@ -433,9 +433,9 @@ async def test_keyset_pages_do_not_skip_or_repeat_under_inserts(session_factory:
         after = page[-1].id
         # Insert rows on both sides of the cursor between pages.
         for _ in range(2):
-            sid = next(inserted, None)
-            if sid is not None:
-                await make_session(session_factory, sid)
+            extra = next(inserted, None)
+            if extra is not None:
+                await make_session(session_factory, extra)
                 added += 1
     assert len(seen) == len(set(seen))
     assert seen == sorted(seen)

@@ -311,7 +311,7 @@ async def test_daemon_sleeps_silent_over_budget_sessions_and_stops_runaways(
             )
         )
     await charge(rt, "under", "r3", tokens // 2)
-    clock.now = datetime.now(UTC)
+    clock.now = START + timedelta(minutes=5)  # silence is measured on the database clock
     daemon = BudgetDaemon(session_factory, store, rt.settings, clock=clock)
     report = await daemon.run_once()
     assert report.stopped == ["runaway"]
@@ -342,7 +342,7 @@ async def test_two_daemons_at_once_sleep_each_session_once(
         await s.execute(
             text("UPDATE agent_sessions SET started_at = started_at - interval '1 hour'")
         )
-    clock.now = datetime.now(UTC)
+    clock.now = START + timedelta(minutes=5)  # silence is measured on the database clock
     daemons = [
         BudgetDaemon(session_factory, store, rt.settings, clock=clock, batch_size=7)
         for _ in range(2)

@@ -5,7 +5,6 @@ happens whole or not at all, money adds up, and the loops finish their work."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -28,22 +27,58 @@ from app.workers import WakeWorker
 from tests.integration.helpers import Factory
 
 SETTINGS = Settings(_env_file=None, wake_poll_interval=0.05, backoff_max_seconds=0.5)
+#: How long a client keeps retrying one operation; a restart under a loaded CPU takes
+#: seconds, and nothing here may depend on how fast the machine is.
+RETRY_DEADLINE = 120.0
+#: Operations each loop completes at least, faults or not.
+CHARGES_PER_TASK = 25
+SAVES_PER_TASK = 20
+#: Operations that must complete after each fault before the next one.
+PROGRESS_BETWEEN_FAULTS = 8
 
 
-async def retrying(op: Callable[[], Awaitable[Any]], attempts: int = 200) -> Any:
+async def retrying(op: Callable[[], Awaitable[Any]]) -> Any:
     """What a client does when its connection dies: try again (same request id)."""
-    for attempt in range(attempts):
+    deadline = asyncio.get_running_loop().time() + RETRY_DEADLINE
+    while True:
         try:
             return await op()
         except Exception:
-            if attempt == attempts - 1:
+            if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.02)
-    return None  # pragma: no cover
+
+
+class Progress:
+    """Completed operations, and the faults the chaos made among them. The workload
+    waits for the chaos: its loops run until every fault has happened, and the chaos
+    waits for work to get through after each fault before it makes the next one."""
+
+    def __init__(self, faults_wanted: int) -> None:
+        self.ops = 0
+        self.faults = 0
+        self.faults_wanted = faults_wanted
+        self._changed = asyncio.Event()
+
+    def done(self) -> None:
+        self.ops += 1
+        self._changed.set()
+
+    @property
+    def chaos_over(self) -> bool:
+        return self.faults >= self.faults_wanted
+
+    async def wait_for_ops(self, n: int) -> None:
+        while self.ops < n:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+Chaos = Callable[[Progress], Awaitable[None]]
 
 
 async def _workload(
-    factory: Factory, store: RedisSessionStore, chaos: Callable[[], Awaitable[None]]
+    factory: Factory, store: RedisSessionStore, chaos: Chaos, faults: int
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
     async with factory.begin() as s:
@@ -68,11 +103,13 @@ async def _workload(
                 f"w-{i:02d}", "sleeping", expected="working", wake_at=now - timedelta(seconds=1)
             )
 
+    progress = Progress(faults)
     charged: list[str] = []
     saved: dict[str, list[dict[str, Any]]] = {}
 
     async def charger(i: int) -> None:
-        for n in range(25):
+        n = 0
+        while n < CHARGES_PER_TASK or not progress.chaos_over:
             rid = f"c-{i}-{n}"
 
             async def op(rid: str = rid) -> None:
@@ -84,10 +121,13 @@ async def _workload(
 
             await retrying(op)
             charged.append(rid)
+            progress.done()
+            n += 1
 
     async def saver(i: int) -> None:
         history: list[dict[str, Any]] = []
-        for n in range(20):
+        n = 0
+        while n < SAVES_PER_TASK or not progress.chaos_over:
             history.append({"n": n, "text": "x" * random.randint(10, 200)})
             cp = AgentCheckpoint(
                 session_id=f"c-{i}", job_id="j", message_history=list(history), iteration_number=n
@@ -99,6 +139,8 @@ async def _workload(
 
             await retrying(op)
             saved[f"c-{i}"] = list(history)
+            progress.done()
+            n += 1
 
     resumed: list[str] = []
 
@@ -108,30 +150,30 @@ async def _workload(
     stop = asyncio.Event()
     worker = WakeWorker(factory, store, SETTINGS, on_resume=hook, batch_size=3)
     worker_task = asyncio.create_task(worker.run_forever(stop))
-    chaos_task = asyncio.create_task(chaos())
-    await asyncio.gather(*(charger(i) for i in range(8)), *(saver(i) for i in range(8)))
-    chaos_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await chaos_task
-    # Pooled connections that the chaos killed are found dead only on use; start the
-    # checks below from a clean pool (the worker keeps its own retry loop).
-    await factory.kw["bind"].dispose()
-    deadline = asyncio.get_running_loop().time() + 30
+    # The chaos returns by itself after its last fault, with the server up again.
+    await asyncio.gather(
+        chaos(progress), *(charger(i) for i in range(8)), *(saver(i) for i in range(8))
+    )
+    assert progress.faults >= faults
+
+    async def count_sleeping() -> int:
+        async with factory() as s:
+            return int(
+                await s.scalar(select(func.count()).where(AgentSession.status == "sleeping")) or 0
+            )
+
+    deadline = asyncio.get_running_loop().time() + RETRY_DEADLINE
     while asyncio.get_running_loop().time() < deadline:
-
-        async def count_sleeping() -> int:
-            async with factory() as s:
-                return int(
-                    await s.scalar(select(func.count()).where(AgentSession.status == "sleeping"))
-                    or 0
-                )
-
         if not await retrying(count_sleeping):
             break
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     stop.set()
     await worker_task
-    return {"charged": charged, "saved": saved, "resumed": resumed}
+    # Pooled connections that the chaos killed are found dead only on use: the checks
+    # start from a clean pool. Nothing is checked out now (a connection checked out
+    # during dispose() would go back to the discarded pool and never be closed).
+    await factory.kw["bind"].dispose()
+    return {"charged": charged, "saved": saved, "resumed": resumed, "progress": progress}
 
 
 async def _check(factory: Factory, result: dict[str, Any]) -> None:
@@ -164,10 +206,10 @@ async def test_terminated_backends(
 ) -> None:
     kills = 0
 
-    async def chaos() -> None:
+    async def chaos(progress: Progress) -> None:
         nonlocal kills
-        while True:
-            await asyncio.sleep(0.03)
+        while not progress.chaos_over:
+            await progress.wait_for_ops(progress.ops + 1)
             async with engine.connect() as conn:
                 killed = await conn.scalar(
                     text(
@@ -177,15 +219,19 @@ async def test_terminated_backends(
                 )
                 await conn.commit()
             kills += int(killed or 0)
+            progress.faults += 1 if killed else 0
 
-    result = await _workload(session_factory, store, chaos)
+    result = await _workload(session_factory, store, chaos, faults=20)
     await _check(session_factory, result)
     assert kills >= 20, f"only {kills} backends were terminated"
     with capsys.disabled():
-        print(f"\n  {kills} backends terminated under 200 charges, 160 saves, 40 wakes")
+        print(
+            f"\n  {kills} backends terminated under {len(result['charged'])} charges,"
+            f" {result['progress'].ops - len(result['charged'])} saves, 40 wakes"
+        )
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 async def test_server_restart(
     tmp_path: Path, store: RedisSessionStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -198,22 +244,22 @@ async def test_server_restart(
     try:
         await upgrade(engine)
         factory = create_session_factory(engine)
-        restarts = 0
 
-        async def chaos() -> None:
-            nonlocal restarts
-            while True:
-                await asyncio.sleep(0.4)
+        async def chaos(progress: Progress) -> None:
+            while not progress.chaos_over:
+                # Work gets through between restarts, so every restart lands mid-run.
+                await progress.wait_for_ops(progress.ops + PROGRESS_BETWEEN_FAULTS)
                 await asyncio.to_thread(server.stop)
-                await asyncio.sleep(0.2)
-                await asyncio.to_thread(server.start)
-                restarts += 1
+                await asyncio.to_thread(server.start)  # returns once it accepts connections
+                progress.faults += 1
 
-        result = await _workload(factory, store, chaos)
+        result = await _workload(factory, store, chaos, faults=3)
         await _check(factory, result)
-        assert restarts >= 1
         with capsys.disabled():
-            print(f"\n  {restarts} server restarts under 200 charges, 160 saves, 40 wakes")
+            print(
+                f"\n  {result['progress'].faults} server restarts under"
+                f" {len(result['charged'])} charges, 40 wakes"
+            )
     finally:
         await engine.dispose()
         await asyncio.to_thread(server.stop)

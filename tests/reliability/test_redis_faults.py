@@ -57,8 +57,9 @@ async def test_redis_stops_mid_run_and_keys_are_rebuilt(
         asleep = -1
         for _ in range(200):
             async with session_factory() as s:
-                asleep = await s.scalar(
-                    select(func.count()).where(AgentSession.status == "sleeping")
+                asleep = int(
+                    await s.scalar(select(func.count()).where(AgentSession.status == "sleeping"))
+                    or 0
                 )
             if asleep == 0:
                 break

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger
+from sqlalchemy import BigInteger, Constraint, Index
 from sqlalchemy.dialects.postgresql import JSONB
 
 from app.db.base import Base
@@ -66,12 +66,10 @@ def test_documents_are_jsonb() -> None:
 
 
 def test_every_constraint_is_named() -> None:
-    unnamed = [
-        f"{t.name}:{type(c).__name__}"
-        for t in Base.metadata.tables.values()
-        for c in [*t.constraints, *t.indexes]
-        if not c.name
-    ]
+    unnamed: list[str] = []
+    for t in Base.metadata.tables.values():
+        items: list[Constraint | Index] = [*t.constraints, *t.indexes]
+        unnamed += [f"{t.name}:{type(c).__name__}" for c in items if not c.name]
     assert unnamed == []
 
 
