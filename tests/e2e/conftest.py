@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +39,13 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    # A shell runs a background job with SIGINT ignored, and children inherit that: then
+    # Python never turns Ctrl-C into KeyboardInterrupt. A terminal's Ctrl-C reaches a
+    # program with the default disposition, so that is what the child gets.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Proc:
     """A ``python -m app`` child whose output goes to a file we can read while it runs."""
 
@@ -52,6 +60,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_default_sigint,
         )
 
     def text(self) -> str:
