@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -16,6 +19,19 @@ from app.db.migrate import upgrade
 from tests.servers import plain_dsn, provide_servers
 
 RUN_ID = uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """A scratch directory for a server a test starts itself, outside pytest's tmp root.
+
+    Embedded servers run as an unprivileged user that must traverse every ancestor
+    directory, and pytest locks its root (mode 0700) again whenever another pytest
+    session starts on the machine: a tmp_path would lock the server out mid-test.
+    """
+    path = Path(tempfile.mkdtemp(prefix="agent-sleepwake-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

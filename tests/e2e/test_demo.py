@@ -31,9 +31,9 @@ def leftover_servers(root: Path) -> list[str]:
     return found
 
 
-def test_demo_on_embedded_servers_runs_twice(spawn: Spawn, tmp_path: Path) -> None:
+def test_demo_on_embedded_servers_runs_twice(spawn: Spawn, server_dir: Path) -> None:
     for attempt in (1, 2):
-        proc = spawn(SMALL, base_env(), cwd=tmp_path)
+        proc = spawn(SMALL, base_env(), cwd=server_dir)
         code = proc.popen.wait(180)
         out = proc.text()
         assert code == 0, out[-3000:]
@@ -41,28 +41,28 @@ def test_demo_on_embedded_servers_runs_twice(spawn: Spawn, tmp_path: Path) -> No
         assert "demo passed: every check held" in out
         assert "sleeps" in out
         assert "wakes" in out
-    assert leftover_servers(tmp_path) == []
+    assert leftover_servers(server_dir) == []
 
 
 async def test_demo_on_configured_servers_starts_nothing(
-    e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str, spawn: Spawn, tmp_path: Path
+    e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str, spawn: Spawn, server_dir: Path
 ) -> None:
     url, _ = e2e_db
     env = base_env(DATABASE_URL=url, REDIS_URL=redis_url, REDIS_PREFIX=key_prefix)
-    proc = spawn(SMALL, env, cwd=tmp_path)
+    proc = spawn(SMALL, env, cwd=server_dir)
     assert proc.popen.wait(180) == 0, proc.text()[-3000:]
     assert "embedded" not in proc.text()
-    assert not (tmp_path / ".local").exists()
+    assert not (server_dir / ".local").exists()
 
 
-def test_ctrl_c_leaves_no_server_behind(spawn: Spawn, tmp_path: Path) -> None:
-    proc = spawn(["demo", "--days", "5"], base_env(), cwd=tmp_path)
+def test_ctrl_c_leaves_no_server_behind(spawn: Spawn, server_dir: Path) -> None:
+    proc = spawn(["demo", "--days", "5"], base_env(), cwd=server_dir)
     proc.wait_for_output("simulated days", timeout=120)
-    assert leftover_servers(tmp_path), "the embedded servers should be running mid-demo"
+    assert leftover_servers(server_dir), "the embedded servers should be running mid-demo"
     os.killpg(proc.popen.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     code = proc.popen.wait(60)
     assert code != 0
-    assert leftover_servers(tmp_path) == []
+    assert leftover_servers(server_dir) == []
 
 
 @pytest.mark.parametrize("fault", ["history"])
@@ -71,12 +71,12 @@ async def test_a_broken_promise_exits_1_and_names_the_session(
     redis_url: str,
     key_prefix: str,
     spawn: Spawn,
-    tmp_path: Path,
+    server_dir: Path,
     fault: str,
 ) -> None:
     url, _ = e2e_db
     env = base_env(DATABASE_URL=url, REDIS_URL=redis_url, REDIS_PREFIX=key_prefix)
-    proc = spawn([*SMALL, "--inject-fault", fault], env, cwd=tmp_path)
+    proc = spawn([*SMALL, "--inject-fault", fault], env, cwd=server_dir)
     assert proc.popen.wait(180) == 1, proc.text()[-3000:]
     out = proc.text()
     assert "BREACH session demo-" in out

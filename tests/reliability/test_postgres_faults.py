@@ -233,9 +233,9 @@ async def test_terminated_backends(
 
 @pytest.mark.timeout(600)
 async def test_server_restart(
-    tmp_path: Path, store: RedisSessionStore, capsys: pytest.CaptureFixture[str]
+    server_dir: Path, store: RedisSessionStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg")
+    server = EmbeddedPostgres(server_dir / "pg")
     try:
         await asyncio.to_thread(server.start)
     except Exception as exc:  # pragma: no cover - the wheel is part of the dev install

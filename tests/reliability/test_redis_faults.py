@@ -21,9 +21,9 @@ from tests.integration.helpers import Factory
 
 
 async def test_redis_stops_mid_run_and_keys_are_rebuilt(
-    session_factory: Factory, tmp_path: Path
+    session_factory: Factory, server_dir: Path
 ) -> None:
-    redis_server = EmbeddedRedis(tmp_path)
+    redis_server = EmbeddedRedis(server_dir)
     await asyncio.to_thread(redis_server.start)
     client = Redis.from_url(redis_server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
     store = RedisSessionStore(client, prefix="fault", timeout=0.5)
