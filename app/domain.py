@@ -140,6 +140,19 @@ class CheckpointNotFound(DomainError, LookupError):
         self.iteration_number = iteration_number
 
 
+class StaleRunner(DomainError):
+    """A runner acted with a resume token that is no longer the session's: the session
+    was delivered again to another runner, which alone may save and heartbeat now."""
+
+    def __init__(self, session_id: str, token: str | None = None) -> None:
+        super().__init__(
+            f"agent session {session_id!r} belongs to a newer runner: resume token"
+            f" {token!r} is stale"
+        )
+        self.session_id = session_id
+        self.token = token
+
+
 class SessionStoreUnavailable(DomainError):
     """Redis did not answer in time or answered with an error."""
 

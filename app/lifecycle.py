@@ -1,8 +1,10 @@
-"""Use cases: start, sleep, wake, stop, resume and complete a session.
+"""Use cases: start, sleep, wake, stop, resume and complete a session; deliver resumes;
+enforce budgets; keep the Redis mirror in step.
 
-Each PostgreSQL part is one transaction. The Redis key is written after the commit:
-a Redis failure is logged and retried, and never rolls PostgreSQL back, which stays
-the source of truth (a lost key is rebuilt from it).
+This module owns every transaction (``async with session_factory.begin()``); the
+repositories only flush, and the processes only loop, measure and dispatch. The Redis
+key is written after the commit: a Redis failure is logged and never rolls PostgreSQL
+back, which stays the source of truth (:func:`reconcile_store` rewrites what is stale).
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Final
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,11 +25,17 @@ from app.db.models import AgentCheckpoint, AgentSession
 from app.domain import (
     DomainError,
     InvalidTransition,
+    SessionNotFound,
     SessionStatus,
     SessionStoreUnavailable,
     Tier,
 )
-from app.repositories import BudgetRepository, CheckpointRepository, SessionRepository
+from app.repositories import (
+    BudgetRepository,
+    CheckpointRepository,
+    ResumeRepository,
+    SessionRepository,
+)
 from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
 from app.settings import Settings
 from app.validation import parse_enum, require_text
@@ -48,10 +56,9 @@ class Runtime:
     store: RedisSessionStore
     settings: Settings
     clock: Clock = utc_now
-    #: Session ids whose Redis key could not be written; rebuilt later from PostgreSQL.
-    pending_keys: set[str] = field(default_factory=set)
     #: After a failed write, Redis is left alone until this (monotonic) time, so an
-    #: outage costs the wake path nothing but a set insertion.
+    #: outage costs the wake path nothing. What was not written is reconciled from
+    #: PostgreSQL by the next :func:`reconcile_store` pass, in any process.
     store_retry_at: float = 0.0
 
     def store_resting(self) -> bool:
@@ -64,23 +71,43 @@ class Runtime:
             keyframe_every=self.settings.checkpoint_keyframe_every,
         )
 
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.resume_lease_seconds)
+
 
 @dataclass(frozen=True)
 class RestoredSession:
-    """A woken session and its latest checkpoint (None if it never saved one)."""
+    """A session to run from its latest checkpoint (None if it never saved one).
+
+    ``resume_token`` is the same on every delivery of one wake and new for each wake; a
+    runner passes it to :func:`heartbeat` and ``CheckpointRepository.save``.
+    """
 
     session: AgentSession
     checkpoint: AgentCheckpoint | None
+    resume_token: str
+
+    @classmethod
+    def of(cls, session: AgentSession, checkpoint: AgentCheckpoint | None) -> RestoredSession:
+        if session.resume_token is None:  # pragma: no cover - every move to working sets it
+            raise ValueError(f"session {session.id!r} has no resume token")
+        return cls(session, checkpoint, session.resume_token)
+
+
+# ----------------------------------------------------------------- the mirror
 
 
 async def write_keys(
     rt: Runtime, entries: Sequence[tuple[AgentSession, CheckpointMeta | None]]
 ) -> bool:
-    """Write sessions' Redis keys after a commit, in one round trip, with retries; on
-    failure remember them, so a later tick rebuilds them from PostgreSQL."""
+    """Write sessions' Redis keys after a commit, in one round trip, with retries. Each
+    write is ordered by version, so a late one never undoes a newer one. A failure is
+    logged; the next :func:`reconcile_store` pass rewrites what is missing."""
     snapshots = {session.id: session_snapshot(session, cp) for session, cp in entries}
+    if not snapshots:
+        return True
     if rt.store_resting():
-        rt.pending_keys.update(snapshots)
         return False
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
@@ -90,12 +117,10 @@ async def write_keys(
                 log.warning(
                     "store_error sessions=%s error=%r", ",".join(sorted(snapshots)), str(exc)
                 )
-                rt.pending_keys.update(snapshots)
                 rt.store_retry_at = time.monotonic() + STORE_REST_SECONDS
                 return False
             await asyncio.sleep(STORE_RETRY_DELAY * attempt)
         else:
-            rt.pending_keys.difference_update(snapshots)
             return True
     return False  # pragma: no cover
 
@@ -107,36 +132,75 @@ async def write_key(
     return await write_keys(rt, [(session, checkpoint)])
 
 
-async def repair_keys(rt: Runtime) -> int:
-    """Rewrite the keys that failed earlier from PostgreSQL; returns how many were fixed."""
-    fixed = 0
-    if rt.store_resting():
-        return fixed
-    for session_id in sorted(rt.pending_keys):
+async def reconcile_store(rt: Runtime, *, batch: int = 500, most: int = 20_000) -> int:
+    """Rewrite from PostgreSQL the Redis keys of sessions that changed since the last
+    pass, whatever process made the change and whether or not its write reached Redis.
+
+    A pass reads at most ``most`` rows, in batches, and records in Redis itself how far
+    it got: a Redis that restarted empty starts over from the TTL's horizon. Each pass
+    rescans a margin back, for transactions that committed late. Returns how many keys
+    it wrote or removed; ``SessionStoreUnavailable`` while Redis is down.
+    """
+    since = await rt.store.reconciled_through()
+    margin = timedelta(seconds=rt.settings.store_reconcile_margin_seconds)
+    start = None if since is None else since - margin
+    horizon = timedelta(seconds=rt.store.ttl_seconds)
+    done = 0
+    after: tuple[datetime, str] | None = None
+    while done < most:
         async with rt.session_factory() as s:
-            session = await SessionRepository(s).get_or_none(session_id)
-            latest = await rt.checkpoints(s).list(session_id, limit=1) if session else []
-        if session is None:
-            rt.pending_keys.discard(session_id)
-            continue
-        if session.status == S.COMPLETED:
-            try:
-                await rt.store.delete(session_id)
-            except SessionStoreUnavailable:
-                return fixed
-            rt.pending_keys.discard(session_id)
-            fixed += 1
-            continue
-        if not await write_key(rt, session, latest[0] if latest else None):
-            break  # Redis is still down: try again on the next tick
-        fixed += 1
-    return fixed
+            rows = await SessionRepository(s).changed_since(
+                start, horizon=horizon, after=after, limit=batch
+            )
+        if not rows:
+            break
+        await rt.store.put_many(
+            {
+                row.session.id: session_snapshot(row.session, row.meta)
+                for row in rows
+                if not row.done
+            }
+        )
+        await rt.store.delete_many([row.session.id for row in rows if row.done])
+        done += len(rows)
+        after = (rows[-1].session.changed_at, rows[-1].session.id)
+        await rt.store.set_reconciled_through(after[0])
+        if len(rows) < batch:
+            break
+    return done
+
+
+async def session_state(rt: Runtime, session_id: str) -> dict[str, Any]:
+    """The session's Redis snapshot. A missing key is rebuilt from PostgreSQL and written
+    back (a finished session keeps none: its snapshot is returned, not stored). With
+    Redis down, PostgreSQL answers. ``SessionNotFound`` if there is no such session."""
+    require_text(session_id, "session_id")
+    store_up = True
+    try:
+        found = await rt.store.get(session_id)
+    except SessionStoreUnavailable as exc:
+        log.warning("store_error session=%s error=%r", session_id, str(exc))
+        found, store_up = None, False
+    if found is not None:
+        return found
+    async with rt.session_factory() as s:
+        rows = await SessionRepository(s).snapshot_rows([session_id])
+    if not rows:
+        raise SessionNotFound(session_id)
+    row = rows[0]
+    if store_up and not row.done:
+        await write_key(rt, row.session, row.meta)
+    return session_snapshot(row.session, row.meta)
+
+
+# ------------------------------------------------------------ a runner's moves
 
 
 async def start_session(
     rt: Runtime, *, session_id: str, job_id: str, clerk_user_id: str, tier: Tier | str
 ) -> AgentSession:
-    """Create a working session: the tier's model (BDGT-05), today's budget, the Redis key."""
+    """Create a working session: the tier's model (BDGT-05), today's budget, a resume
+    token for the caller (who is the runner: no resume is owed), the Redis key."""
     tier = parse_enum(Tier, tier, "tier")
     require_text(clerk_user_id, "clerk_user_id")
     today = policy.budget_day(rt.clock())
@@ -163,32 +227,39 @@ async def start_session(
     return session
 
 
+async def heartbeat(rt: Runtime, session_id: str, *, resume_token: str) -> None:
+    """A sign of life from the runner holding ``resume_token``. ``StaleRunner`` once the
+    session was delivered to another runner (this one was presumed dead)."""
+    async with rt.session_factory.begin() as s:
+        await ResumeRepository(s).heartbeat(session_id, resume_token)
+
+
 async def sleep_session(
     rt: Runtime,
     checkpoint: AgentCheckpoint,
     *,
     reason: str = "daily budget spent",
     now: datetime | None = None,
+    resume_token: str | None = None,
 ) -> AgentSession:
     """Checkpoint (``agent_state="sleeping"``) and sleep until the next 00:00 UTC (BDGT-02).
 
-    If the budget daemon put the session to sleep first, the checkpoint is still saved
-    and the session returned as it is.
+    If the session is no longer working (the daemon put it to sleep, or a charge or the
+    daemon stopped it, or it was completed), the checkpoint is still saved and the
+    session is returned as it is: the last turn is never lost.
     """
-    cp = replace_state(checkpoint, S.SLEEPING)
+    cp = replace(checkpoint, agent_state=S.SLEEPING.value)
     wake_at = policy.next_budget_day_start(now or rt.clock())
     async with rt.session_factory.begin() as s:
-        stored = await rt.checkpoints(s).save(cp)
+        stored = await rt.checkpoints(s).save(cp, resume_token=resume_token)
         repo = SessionRepository(s)
         try:
             session = await repo.transition(
                 cp.session_id, S.SLEEPING, expected=S.WORKING, wake_at=wake_at
             )
         except InvalidTransition as exc:
-            if exc.current is not S.SLEEPING:
-                raise
             session = await repo.get(cp.session_id)
-            reason = "already asleep"
+            reason = f"already {exc.current}"
     log.info(
         "sleep session=%s reason=%r wake_at=%s iteration=%d",
         session.id, reason, session.wake_at.isoformat() if session.wake_at else None,
@@ -196,73 +267,6 @@ async def sleep_session(
     )  # fmt: skip
     await write_key(rt, session, stored)
     return session
-
-
-async def wake_many(
-    rt: Runtime, s: AsyncSession, sessions: Sequence[AgentSession]
-) -> tuple[list[RestoredSession], dict[str, DomainError]]:
-    """The PostgreSQL part of waking ``sessions``, inside the caller's transaction.
-
-    Books each user's budget for the new day (a new ``budget_days`` row), loads every
-    latest checkpoint in one query, then moves the sessions ``sleeping -> working`` in
-    one guarded UPDATE. A session whose state cannot be restored is left asleep and
-    returned among the failures; it never stops the others from waking.
-    """
-    if not sessions:
-        return [], {}
-    today = policy.budget_day(rt.clock())
-    budgets = await BudgetRepository(s, rt.settings).daily_budgets(
-        {row.clerk_user_id: Tier(row.tier) for row in sessions}, today
-    )
-    checkpoints = await rt.checkpoints(s).load_latest_many([row.id for row in sessions])
-    failed: dict[str, DomainError] = {
-        sid: found for sid, found in checkpoints.items() if isinstance(found, DomainError)
-    }
-    woken = await SessionRepository(s).wake_many(
-        {row.id: budgets[row.clerk_user_id] for row in sessions if row.id not in failed}
-    )
-    restored = []
-    for row in woken:
-        checkpoint = checkpoints[row.id]
-        assert not isinstance(checkpoint, DomainError)
-        restored.append(RestoredSession(row, checkpoint))
-    return restored, failed
-
-
-async def wake_in(rt: Runtime, s: AsyncSession, session_id: str) -> RestoredSession:
-    """Wake one session inside the caller's transaction (see :func:`wake_many`)."""
-    session = await SessionRepository(s).get(session_id)
-    restored, failed = await wake_many(rt, s, [session])
-    if failed:
-        raise failed[session_id]
-    if not restored:
-        raise InvalidTransition(
-            session_id,
-            current=SessionStatus(session.status),
-            target=S.WORKING,
-            expected=[S.SLEEPING],
-        )
-    return restored[0]
-
-
-async def wake_session(
-    rt: Runtime, session_id: str, *, reason: str = "requested"
-) -> RestoredSession:
-    """Wake one sleeping session now, in its own transaction (BDGT-03)."""
-    async with rt.session_factory.begin() as s:
-        restored = await wake_in(rt, s, session_id)
-    log_wake(restored, reason)
-    await write_key(rt, restored.session, restored.checkpoint)
-    return restored
-
-
-def log_wake(restored: RestoredSession, reason: str) -> None:
-    cp = restored.checkpoint
-    log.info(
-        "wake session=%s reason=%r iteration=%s budget=%d",
-        restored.session.id, reason, cp.iteration_number if cp else None,
-        restored.session.daily_budget_microdollars,
-    )  # fmt: skip
 
 
 async def stop_session(
@@ -275,7 +279,7 @@ async def stop_session(
     """``working -> budget_exceeded`` (BDGT-07), saving ``checkpoint`` first if given."""
     async with rt.session_factory.begin() as s:
         stored = (
-            await rt.checkpoints(s).save(replace_state(checkpoint, S.BUDGET_EXCEEDED))
+            await rt.checkpoints(s).save(replace(checkpoint, agent_state=S.BUDGET_EXCEEDED.value))
             if checkpoint
             else None
         )
@@ -291,27 +295,13 @@ async def stop_session(
     return session
 
 
-async def resume_session(
-    rt: Runtime, session_id: str, *, reason: str = "top-up"
-) -> RestoredSession:
-    """An explicit resume after a top-up: ``budget_exceeded -> working``."""
-    async with rt.session_factory.begin() as s:
-        repo = SessionRepository(s)
-        session = await repo.transition(session_id, S.WORKING, expected=S.BUDGET_EXCEEDED)
-        checkpoint = await rt.checkpoints(s).load_latest(session_id)
-    restored = RestoredSession(session, checkpoint)
-    log_wake(restored, reason)
-    await write_key(rt, session, checkpoint)
-    return restored
-
-
 async def complete_session(
     rt: Runtime, session_id: str, *, checkpoint: AgentCheckpoint | None = None
 ) -> AgentSession:
     """Finish a session from any live status; the checkpoints stay, the Redis key goes."""
     async with rt.session_factory.begin() as s:
         if checkpoint is not None:
-            await rt.checkpoints(s).save(replace_state(checkpoint, S.COMPLETED))
+            await rt.checkpoints(s).save(replace(checkpoint, agent_state=S.COMPLETED.value))
         session = await SessionRepository(s).transition(
             session_id, S.COMPLETED, expected=[S.WORKING, S.SLEEPING, S.BUDGET_EXCEEDED]
         )
@@ -320,36 +310,296 @@ async def complete_session(
         await rt.store.delete(session_id)
     except SessionStoreUnavailable as exc:
         log.warning("store_error session=%s error=%r", session_id, str(exc))
-        rt.pending_keys.add(session_id)
     return session
 
 
-def replace_state(checkpoint: AgentCheckpoint, state: SessionStatus) -> AgentCheckpoint:
-    """A copy of ``checkpoint`` with ``agent_state`` set; the caller's object is untouched."""
-    return AgentCheckpoint(
-        session_id=checkpoint.session_id,
-        job_id=checkpoint.job_id,
-        message_history=checkpoint.message_history,
-        sandbox_id=checkpoint.sandbox_id,
-        current_phase=checkpoint.current_phase,
-        retry_counts=checkpoint.retry_counts,
-        session_cost_microdollars=checkpoint.session_cost_microdollars,
-        daily_budget_microdollars=checkpoint.daily_budget_microdollars,
-        iteration_number=checkpoint.iteration_number,
-        agent_state=state.value,
+# --------------------------------------------------------------------- waking
+
+
+@dataclass
+class WakePass:
+    """One batch of :func:`wake_due`."""
+
+    claimed: int = 0
+    woken: list[RestoredSession] = field(default_factory=list)
+    failed: dict[str, DomainError] = field(default_factory=dict)
+    #: False when the woken sessions' keys could not be written (reconciled later).
+    keys_written: bool = True
+
+
+def retry_delay(rt: Runtime, failures: int) -> timedelta:
+    """Backoff after ``failures`` failed attempts: 1 s, 2 s, 4 s ... up to the cap."""
+    return timedelta(seconds=min(rt.settings.backoff_max_seconds, 2.0 ** max(0, failures - 1)))
+
+
+async def wake_many(
+    rt: Runtime,
+    s: AsyncSession,
+    sessions: Sequence[AgentSession],
+    *,
+    lease: timedelta | None = None,
+) -> tuple[list[RestoredSession], dict[str, DomainError]]:
+    """The PostgreSQL part of waking ``sessions``, inside the caller's transaction.
+
+    Books each user's budget for the new day (a new ``budget_days`` row), loads every
+    latest checkpoint in one query, then moves the sessions ``sleeping -> working`` in
+    one guarded UPDATE, each with a new resume token and a resume owed (booked to the
+    caller for ``lease`` when it delivers at once). A session whose state cannot be
+    restored stays asleep, due again after a backoff, and never holds up the others.
+    """
+    if not sessions:
+        return [], {}
+    now = rt.clock()
+    budgets = await BudgetRepository(s, rt.settings).daily_budgets(
+        {row.clerk_user_id: Tier(row.tier) for row in sessions}, policy.budget_day(now)
     )
+    checkpoints = await rt.checkpoints(s).load_latest_many([row.id for row in sessions])
+    failed: dict[str, DomainError] = {
+        sid: found for sid, found in checkpoints.items() if isinstance(found, DomainError)
+    }
+    repo = SessionRepository(s)
+    woken = await repo.wake_many(
+        {row.id: budgets[row.clerk_user_id] for row in sessions if row.id not in failed},
+        lease=lease,
+    )
+    if failed:
+        await repo.defer_wakes(
+            {
+                row.id: now + retry_delay(rt, row.wake_failures + 1)
+                for row in sessions
+                if row.id in failed
+            }
+        )
+    restored = []
+    for row in woken:
+        checkpoint = checkpoints[row.id]
+        assert not isinstance(checkpoint, DomainError)
+        restored.append(RestoredSession.of(row, checkpoint))
+    return restored, failed
+
+
+async def wake_due(rt: Runtime, *, limit: int, lease: timedelta | None = None) -> WakePass:
+    """Wake up to ``limit`` sleepers whose ``wake_at`` has passed, in one transaction
+    (``SKIP LOCKED``: workers get disjoint batches), then write their keys. With
+    ``lease`` the caller delivers their resumes at once (:func:`deliver_due` otherwise)."""
+    result = WakePass()
+    async with rt.session_factory.begin() as s:
+        claimed = await SessionRepository(s).claim_due_for_wake(now=rt.clock(), limit=limit)
+        result.claimed = len(claimed)
+        result.woken, result.failed = await wake_many(rt, s, claimed, lease=lease)
+    for session_id, exc in result.failed.items():
+        log.error("wake_failed session=%s error=%r", session_id, str(exc))
+    for restored in result.woken:
+        log_wake(restored, "due")
+    result.keys_written = await write_keys(rt, [(r.session, r.checkpoint) for r in result.woken])
+    return result
+
+
+async def wake_session(
+    rt: Runtime, session_id: str, *, reason: str = "requested"
+) -> RestoredSession:
+    """Wake one sleeping session now, in its own transaction (BDGT-03). Its resume is
+    owed and delivered by a worker (the caller gets the token too)."""
+    async with rt.session_factory.begin() as s:
+        session = await SessionRepository(s).get(session_id)
+        woken, failed = await wake_many(rt, s, [session])
+        if failed:
+            raise failed[session_id]
+        if not woken:
+            raise InvalidTransition(
+                session_id, current=S(session.status), target=S.WORKING, expected=[S.SLEEPING]
+            )
+        await SessionRepository(s).notify_workers()
+    restored = woken[0]
+    log_wake(restored, reason)
+    await write_key(rt, restored.session, restored.checkpoint)
+    return restored
+
+
+async def resume_session(
+    rt: Runtime, session_id: str, *, reason: str = "top-up"
+) -> RestoredSession:
+    """An explicit resume after a top-up: ``budget_exceeded -> working``, with a new
+    token and a resume owed to the worker that delivers it (NOTIFY: at once)."""
+    async with rt.session_factory.begin() as s:
+        repo = SessionRepository(s)
+        session = await repo.transition(session_id, S.WORKING, expected=S.BUDGET_EXCEEDED)
+        checkpoint = await rt.checkpoints(s).load_latest(session_id)
+        await repo.notify_workers()
+    restored = RestoredSession.of(session, checkpoint)
+    log_wake(restored, reason)
+    await write_key(rt, session, checkpoint)
+    return restored
+
+
+def log_wake(restored: RestoredSession, reason: str) -> None:
+    cp = restored.checkpoint
+    log.info(
+        "wake session=%s reason=%r iteration=%s budget=%d",
+        restored.session.id, reason, cp.iteration_number if cp else None,
+        restored.session.daily_budget_microdollars,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------- resume delivery
+
+
+@dataclass
+class DeliveryPass:
+    """One batch of :func:`deliver_due`: deliveries booked to the caller, and what the
+    pass found on the way."""
+
+    deliveries: list[RestoredSession] = field(default_factory=list)
+    parked: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    unrestorable: dict[str, DomainError] = field(default_factory=dict)
+
+
+async def deliver_due(rt: Runtime, *, limit: int) -> DeliveryPass:
+    """Book up to ``limit`` due resume deliveries to the caller for a lease, in one
+    transaction. On the way it parks deliveries that ran out of attempts, and owes a
+    new delivery (with a new token) to working sessions whose runner went silent."""
+    settings = rt.settings
+    result = DeliveryPass()
+    async with rt.session_factory.begin() as s:
+        repo = ResumeRepository(s)
+        parked = await repo.park_exhausted(max_attempts=settings.resume_max_attempts, limit=limit)
+        orphans = await repo.redeliver_orphans(
+            runner_timeout=timedelta(seconds=settings.runner_timeout_seconds), limit=limit
+        )
+        claimed = await repo.claim_deliveries(
+            lease=rt.lease, max_attempts=settings.resume_max_attempts, limit=limit
+        )
+        checkpoints = await rt.checkpoints(s).load_latest_many([row.id for row in claimed])
+        for row in claimed:
+            checkpoint = checkpoints[row.id]
+            if isinstance(checkpoint, DomainError):
+                result.unrestorable[row.id] = checkpoint
+                await repo.retry_later(
+                    row.id, row.resume_token or "", delay=retry_delay(rt, row.resume_attempts)
+                )
+            else:
+                result.deliveries.append(RestoredSession.of(row, checkpoint))
+    result.parked = [row.id for row in parked]
+    result.orphans = [row.id for row in orphans]
+    for session_id in result.parked:
+        log.error("resume_parked session=%s attempts=%d", session_id, settings.resume_max_attempts)
+    for session_id in result.orphans:
+        log.warning("runner_lost session=%s: delivering again with a new token", session_id)
+    for session_id, exc in result.unrestorable.items():
+        log.error("resume_unrestorable session=%s error=%r", session_id, str(exc))
+    return result
+
+
+async def acknowledge(rt: Runtime, tokens: Mapping[str, str]) -> int:
+    """Hooks returned: these deliveries (session id -> token) are done."""
+    if not tokens:
+        return 0
+    async with rt.session_factory.begin() as s:
+        return await ResumeRepository(s).acknowledge(tokens)
+
+
+async def renew_leases(rt: Runtime, tokens: Mapping[str, str]) -> int:
+    """Hooks still running keep their deliveries for another lease."""
+    if not tokens:
+        return 0
+    async with rt.session_factory.begin() as s:
+        return await ResumeRepository(s).renew(tokens, lease=rt.lease)
+
+
+async def delivery_failed(rt: Runtime, restored: RestoredSession, exc: BaseException) -> None:
+    """A hook raised: deliver again (same token) after a backoff, unless attempts ran out
+    (then the next :func:`deliver_due` pass parks it)."""
+    attempts = restored.session.resume_attempts
+    log.error(
+        "resume_hook_failed session=%s attempt=%d error=%r",
+        restored.session.id, attempts, str(exc),
+    )  # fmt: skip
+    async with rt.session_factory.begin() as s:
+        await ResumeRepository(s).retry_later(
+            restored.session.id, restored.resume_token, delay=retry_delay(rt, attempts)
+        )
+
+
+async def redeliver(rt: Runtime, session_id: str) -> AgentSession:
+    """Owe a working session's resume again at once (an operator unparking it)."""
+    async with rt.session_factory.begin() as s:
+        found = await ResumeRepository(s).redeliver(session_id)
+        if found is None:
+            session = await SessionRepository(s).get(session_id)
+            raise InvalidTransition(
+                session_id, current=S(session.status), target=S.WORKING, expected=[S.WORKING]
+            )
+        await SessionRepository(s).notify_workers()
+    log.info("redeliver session=%s", session_id)
+    return found
+
+
+# ---------------------------------------------------------- budget enforcement
+
+
+@dataclass
+class EnforcePass:
+    """What one :func:`enforce_budgets` pass did."""
+
+    slept: list[AgentSession] = field(default_factory=list)
+    stopped: list[AgentSession] = field(default_factory=list)
+
+
+async def enforce_budgets(rt: Runtime, *, limit: int) -> EnforcePass:
+    """The daemon's safety net, batch by batch (one transaction each): stop working
+    sessions above 110 % of today's budget (BDGT-07), and put to sleep those at or over
+    it that have been silent for the grace period (BDGT-02). Then write their keys."""
+    now = rt.clock()
+    today = policy.budget_day(now)
+    result = EnforcePass()
+    while True:
+        async with rt.session_factory.begin() as s:
+            repo = SessionRepository(s)
+            stopped = await repo.stop_over_budget(day=today, limit=limit)
+            slept = await repo.sleep_over_budget(
+                day=today,
+                silent_for=timedelta(seconds=rt.settings.sleep_grace_seconds),
+                wake_at=policy.next_budget_day_start(now),
+                limit=limit,
+            )
+        for row in stopped:
+            log.info("stop session=%s reason=%r by=daemon", row.id, "over 110% of daily budget")
+        for row in slept:
+            log.info(
+                "sleep session=%s reason=%r wake_at=%s by=daemon",
+                row.id, "daily budget spent, agent silent", row.wake_at,
+            )  # fmt: skip
+        result.stopped += stopped
+        result.slept += slept
+        if len(stopped) < limit and len(slept) < limit:
+            break
+    await write_keys(rt, [(row, None) for row in [*result.stopped, *result.slept]])
+    return result
 
 
 __all__ = [
+    "DeliveryPass",
+    "EnforcePass",
     "RestoredSession",
     "Runtime",
+    "WakePass",
+    "acknowledge",
     "complete_session",
-    "repair_keys",
+    "deliver_due",
+    "delivery_failed",
+    "enforce_budgets",
+    "heartbeat",
+    "reconcile_store",
+    "redeliver",
+    "renew_leases",
     "resume_session",
+    "session_state",
     "sleep_session",
     "start_session",
     "stop_session",
-    "wake_in",
+    "wake_due",
     "wake_session",
     "write_key",
+    "write_keys",
 ]

@@ -7,7 +7,7 @@ mistaken for a lost session. The 25 h TTL outlives an overnight sleep.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.domain import InvalidInput, SessionStoreUnavailable
-from app.validation import require_int, require_text
+from app.validation import require_aware, require_int, require_text
 
 if TYPE_CHECKING:
     from app.db.models import AgentSession
@@ -28,9 +28,31 @@ DEFAULT_TIMEOUT: Final = 2.0
 
 T = TypeVar("T")
 
+# KEYS[1]: the key; ARGV: the JSON snapshot, its version, the TTL. The stored snapshot
+# is replaced unless its version is higher, so writes that arrive out of order never
+# move a key backwards. A value that is not a snapshot (no readable version) is replaced.
+_PUT_IF_NOT_OLDER: Final = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local ok, stored = pcall(cjson.decode, current)
+    if ok and type(stored) == 'table' then
+        local stored_version = tonumber(stored['version'])
+        if stored_version and stored_version > tonumber(ARGV[2]) then
+            return 0
+        end
+    end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
+
 
 class RedisSessionStore:
-    """JSON snapshots of live sessions under ``{prefix}:{session_id}`` with a TTL."""
+    """JSON snapshots of live sessions under ``{prefix}:{session_id}`` with a TTL.
+
+    Every write is ordered by the snapshot's ``version`` (the session row's), so the
+    mirror converges on PostgreSQL whatever order processes write in.
+    """
 
     def __init__(
         self,
@@ -46,6 +68,7 @@ class RedisSessionStore:
         if not timeout > 0:
             raise InvalidInput(f"timeout must be positive, got {timeout}", field="timeout")
         self.timeout = timeout
+        self._put_script = redis.register_script(_PUT_IF_NOT_OLDER)
 
     def key(self, session_id: str) -> str:
         """The Redis key of a session. Every key this store touches starts with the prefix."""
@@ -63,32 +86,51 @@ class RedisSessionStore:
         except (RedisError, OSError) as exc:
             raise SessionStoreUnavailable(f"Redis {what} failed: {exc}") from exc
 
-    async def put(self, session_id: str, state: Mapping[str, Any]) -> None:
-        """Store ``state`` as JSON with a fresh TTL (``SET .. EX``)."""
-        key = self.key(session_id)
+    def _encode(self, session_id: str, state: Mapping[str, Any]) -> tuple[bytes, int]:
+        version = state.get("version")
+        if type(version) is not int or version < 0:
+            raise InvalidInput(
+                f"session state of {session_id!r} needs an integer 'version' >= 0, got"
+                f" {version!r}: writes are ordered by it",
+                field="state.version",
+            )
         try:
-            data = orjson.dumps(dict(state))
+            return orjson.dumps(dict(state)), version
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise InvalidInput(
-                f"session state is not JSON-serialisable: {exc}", field="state"
+                f"session state of {session_id!r} is not JSON-serialisable: {exc}",
+                field="state",
             ) from exc
-        await self._call("SET", self.redis.set(key, data, ex=self.ttl_seconds))
 
-    async def put_many(self, states: Mapping[str, Mapping[str, Any]]) -> None:
-        """``put`` for many sessions in one round trip (a pipeline of ``SET .. EX``)."""
+    async def put(self, session_id: str, state: Mapping[str, Any]) -> bool:
+        """Store ``state`` as JSON with a fresh TTL, unless the stored snapshot has a higher
+        ``version`` (one round trip: a script runs the check and the ``SET .. EX``).
+
+        Returns False when a newer snapshot was kept. An equal version overwrites.
+        """
+        key = self.key(session_id)
+        data, version = self._encode(session_id, state)
+        written = await self._call(
+            "SET (versioned)", self._put_script(keys=[key], args=[data, version, self.ttl_seconds])
+        )
+        return bool(written)
+
+    async def put_many(self, states: Mapping[str, Mapping[str, Any]]) -> int:
+        """``put`` for many sessions in one round trip (a pipeline of the same script, one
+        key per call, so it works on a cluster too). Returns how many were written."""
         if not states:
-            return
+            return 0
+        encoded = [(self.key(sid), *self._encode(sid, state)) for sid, state in states.items()]
         pipe = self.redis.pipeline(transaction=False)
-        for session_id, state in states.items():
-            try:
-                data = orjson.dumps(dict(state))
-            except (TypeError, orjson.JSONEncodeError) as exc:
-                raise InvalidInput(
-                    f"session state of {session_id!r} is not JSON-serialisable: {exc}",
-                    field="state",
-                ) from exc
-            pipe.set(self.key(session_id), data, ex=self.ttl_seconds)
-        await self._call("SET (pipeline)", pipe.execute())
+        for key, data, version in encoded:
+            await self._put_script(keys=[key], args=[data, version, self.ttl_seconds], client=pipe)
+        results = await self._call("SET (versioned pipeline)", pipe.execute())
+        return sum(1 for written in results if written)
+
+    async def version(self, session_id: str) -> int | None:
+        """The ``version`` of the stored snapshot (no TTL refresh), or None without one."""
+        stored = await self.get(session_id, refresh=False)
+        return None if stored is None else int(stored["version"])
 
     async def get(self, session_id: str, *, refresh: bool = True) -> dict[str, Any] | None:
         """The stored state, or None. ``refresh`` renews the TTL (``GETEX .. EX``)."""
@@ -101,6 +143,34 @@ class RedisSessionStore:
             return None
         value: dict[str, Any] = orjson.loads(raw)
         return value
+
+    async def delete_many(self, session_ids: Collection[str]) -> int:
+        """Remove the keys of these sessions (one round trip, one key per command);
+        returns how many existed."""
+        if not session_ids:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for session_id in session_ids:
+            pipe.delete(self.key(session_id))
+        return sum(await self._call("DEL (pipeline)", pipe.execute()))
+
+    @property
+    def _reconciled_key(self) -> str:
+        # Not a session key: "~" starts no id that the application makes.
+        return f"{self.prefix}:~reconciled-through"
+
+    async def reconciled_through(self) -> datetime | None:
+        """How far the mirror was reconciled from PostgreSQL (None: never, or Redis lost
+        it, which also lost the keys it vouched for)."""
+        raw = await self._call("GET", self.redis.get(self._reconciled_key))
+        if raw is None:
+            return None
+        return datetime.fromisoformat(raw if isinstance(raw, str) else raw.decode())
+
+    async def set_reconciled_through(self, moment: datetime) -> None:
+        """Record how far the mirror was reconciled (see :meth:`reconciled_through`)."""
+        require_aware(moment, "moment")
+        await self._call("SET", self.redis.set(self._reconciled_key, moment.isoformat()))
 
     async def touch(self, session_id: str) -> bool:
         """Renew the TTL; False when the key does not exist."""

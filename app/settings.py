@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.domain import Tier
@@ -70,6 +77,15 @@ class Settings(BaseSettings):
     batch_size: PositiveInt = 100
     backoff_max_seconds: PositiveFloat = 30.0
     store_timeout_seconds: PositiveFloat = 2.0
+    # Resume delivery (DESIGN.md §8): at least once, fenced by a token.
+    resume_lease_seconds: PositiveFloat = 30.0
+    resume_max_attempts: PositiveInt = 5
+    resume_concurrency: PositiveInt = 32
+    resume_grace_seconds: NonNegativeFloat = 30.0
+    runner_timeout_seconds: PositiveFloat = 900.0
+    # The Redis mirror's reconciliation rescans changes this far back on every pass,
+    # so a transaction that committed late is not missed.
+    store_reconcile_margin_seconds: PositiveFloat = 30.0
     on_resume: str | None = None
     metrics_port: int | None = None
     log_level: str = "INFO"

@@ -2,6 +2,7 @@
 
 from app.repositories.budget import BudgetRepository, ChargeResult
 from app.repositories.checkpoints import CheckpointInfo, CheckpointRepository
+from app.repositories.resume import ResumeRepository
 from app.repositories.sessions import WAKE_CHANNEL, SessionRepository
 
 __all__ = [
@@ -10,5 +11,6 @@ __all__ = [
     "ChargeResult",
     "CheckpointInfo",
     "CheckpointRepository",
+    "ResumeRepository",
     "SessionRepository",
 ]

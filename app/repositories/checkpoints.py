@@ -32,6 +32,7 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    or_,
     select,
     true,
     tuple_,
@@ -42,7 +43,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import AgentCheckpoint, AgentSession
-from app.domain import CheckpointNotFound, SessionNotFound, SessionStatus
+from app.domain import CheckpointNotFound, SessionNotFound, SessionStatus, StaleRunner
 from app.repositories.checkpoint_codec import (
     EncodedHistory,
     check_retry_counts,
@@ -88,13 +89,16 @@ _META = (
 _SESSION_ID = bindparam("p_session_id", type_=String)
 _ITERATION = bindparam("p_iteration", type_=Integer)
 
-# Locks the session row (and stamps it): saves of one session are serialised.
+# Locks the session row (and stamps it): saves of one session are serialised. A save
+# that names a resume token goes through only while that token is the session's.
+_TOKEN = bindparam("p_token", type_=String)
 _TOUCH_SESSION = (
     update(_SESSIONS)
-    .where(_ses.id == _SESSION_ID)
+    .where(_ses.id == _SESSION_ID, or_(_TOKEN.is_(None), _ses.resume_token == _TOKEN))
     .values(last_checkpoint_at=func.now())
     .returning(_ses.id)
 )
+_SESSION_EXISTS = select(_ses.id).where(_ses.id == _SESSION_ID)
 
 # The row at the iteration (if any) and its parent: the highest row below it.
 _NEIGHBOURS = (
@@ -374,8 +378,14 @@ class CheckpointRepository:
 
     # ------------------------------------------------------------------- save
 
-    async def save(self, checkpoint: AgentCheckpoint) -> AgentCheckpoint:
+    async def save(
+        self, checkpoint: AgentCheckpoint, *, resume_token: str | None = None
+    ) -> AgentCheckpoint:
         """Store ``checkpoint`` (its full history) and return the stored checkpoint.
+
+        A runner passes the ``resume_token`` it was delivered: once the session has
+        been delivered to another runner, the save raises ``StaleRunner`` and writes
+        nothing (fencing, DESIGN.md §8).
 
         The same ``(session_id, iteration_number)`` saved twice leaves one row with
         the latest content; identical content is a no-op. The session's
@@ -384,10 +394,16 @@ class CheckpointRepository:
         Everything is validated before any SQL: a bad payload writes nothing.
         """
         p = _Payload.of(checkpoint)
+        if resume_token is not None:
+            require_text(resume_token, "resume_token")
         key = {"p_session_id": p.session_id, "p_iteration": p.iteration_number}
         with translate_errors(session_id=p.session_id):
-            if await (await self._connection()).scalar(_TOUCH_SESSION, key) is None:
-                raise SessionNotFound(p.session_id)
+            connection = await self._connection()
+            touched = await connection.scalar(_TOUCH_SESSION, key | {"p_token": resume_token})
+            if touched is None:
+                if await connection.scalar(_SESSION_EXISTS, key) is None:
+                    raise SessionNotFound(p.session_id)
+                raise StaleRunner(p.session_id, resume_token)
             rows = (await (await self._connection()).execute(_NEIGHBOURS, key)).all()
             existing = rows[0] if rows and rows[0].iteration_number == p.iteration_number else None
             parent = next((r for r in rows if r.iteration_number < p.iteration_number), None)

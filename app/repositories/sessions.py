@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
@@ -11,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     DateTime,
+    Interval,
     Select,
     String,
     and_,
@@ -18,6 +20,7 @@ from sqlalchemy import (
     func,
     select,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
@@ -25,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.budget.policy import STOP_ABOVE
 from app.clock import utc_now
-from app.db.models import AgentSession, BudgetDay
+from app.db.models import AgentCheckpoint, AgentSession, BudgetDay
 from app.domain import (
     ALLOWED_SOURCES,
     InvalidInput,
@@ -54,6 +57,44 @@ _NOTIFY_BATCH: Final = 25
 
 _columns = AgentSession.__table__.c
 _budget_days = BudgetDay.__table__
+_checkpoints = AgentCheckpoint.__table__
+
+#: A fresh fencing token, made by the server inside the statement that needs it.
+NEW_RESUME_TOKEN: Final = func.replace(func.cast(func.gen_random_uuid(), String), "-", "")
+
+
+@dataclass(frozen=True)
+class CheckpointMetaRow:
+    """The latest checkpoint's metadata, as the Redis snapshot shows it."""
+
+    iteration_number: int
+    current_phase: str | None
+    sandbox_id: str | None
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """A session and its latest checkpoint's metadata: what its Redis key holds."""
+
+    session: AgentSession
+    meta: CheckpointMetaRow | None
+
+    @property
+    def done(self) -> bool:
+        """A completed session has no key."""
+        return self.session.status == SessionStatus.COMPLETED.value
+
+
+def owed_resume(*, due: Any = None, attempts: int = 0) -> dict[str, Any]:
+    """What a move to ``working`` writes (DESIGN.md §8): a new token, and a resume owed
+    from ``due`` (default: at once) that no delivery has attempted yet."""
+    return {
+        "resume_token": NEW_RESUME_TOKEN,
+        "resume_due_at": func.now() if due is None else due,
+        "resume_attempts": attempts,
+        "resume_parked_at": None,
+        "last_seen_at": func.now(),
+    }
 
 
 def _build_transition(target: SessionStatus) -> Any:
@@ -72,6 +113,8 @@ def _build_transition(target: SessionStatus) -> Any:
     }
     if target is SessionStatus.COMPLETED:
         values["completed_at"] = func.now()
+    if target is SessionStatus.WORKING:
+        values.update(owed_resume())
     return (
         update(AgentSession)
         .where(
@@ -114,9 +157,10 @@ class SessionRepository:
             ),
         }
         # ON CONFLICT keeps the caller's transaction usable, unlike a caught IntegrityError.
+        # The caller is the runner: it gets a token, and no resume is owed.
         stmt = (
             insert(AgentSession)
-            .values(**values)
+            .values(**values, resume_token=NEW_RESUME_TOKEN)
             .on_conflict_do_nothing(index_elements=[_columns.id])
             .returning(AgentSession)
         )
@@ -207,10 +251,16 @@ class SessionRepository:
             raise SessionNotFound(session_id)
         return int(total)
 
-    async def wake_many(self, budgets: Mapping[str, int]) -> list[AgentSession]:
+    async def wake_many(
+        self, budgets: Mapping[str, int], *, lease: timedelta | None = None
+    ) -> list[AgentSession]:
         """``sleeping -> working`` for many sessions in one guarded UPDATE, recording each
-        one's budget for the new day. Returns the rows that moved (callers hold their
-        locks from ``claim_due_for_wake``, so that is all of them)."""
+        one's budget for the new day and a new resume token. Returns the rows that moved
+        (callers hold their locks from ``claim_due_for_wake``, so that is all of them).
+
+        Each woken session is owed a resume. With ``lease``, the caller is delivering it
+        at once: the first delivery is booked to it until the lease runs out.
+        """
         ids = [require_text(sid, "session_id") for sid in budgets]
         amounts = [require_money(budgets[sid], "daily_budget_microdollars") for sid in ids]
         if not ids:
@@ -231,6 +281,12 @@ class SessionRepository:
                 wake_at=None,
                 version=_columns.version + 1,
                 daily_budget_microdollars=given.c.budget,
+                wake_failures=0,
+                **(
+                    owed_resume()
+                    if lease is None
+                    else owed_resume(due=func.now() + lease, attempts=1)
+                ),
             )
             .returning(AgentSession)
         )
@@ -261,6 +317,36 @@ class SessionRepository:
         )
         result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
         return list(result)
+
+    async def defer_wakes(self, retry_at: Mapping[str, datetime]) -> int:
+        """Sleepers whose wake failed (their checkpoint would not restore) are due again
+        at the given times, one more failure counted on each. Returns how many moved."""
+        ids = [require_text(sid, "session_id") for sid in retry_at]
+        if not ids:
+            return 0
+        given = (
+            func.unnest(
+                bindparam("p_ids", ids, type_=ARRAY(String)),
+                bindparam(
+                    "p_at",
+                    [require_aware(retry_at[sid], "retry_at") for sid in ids],
+                    type_=ARRAY(DateTime(timezone=True)),
+                ),
+            )
+            .table_valued("id", "at", name="given")
+            .render_derived()
+        )
+        stmt = (
+            update(AgentSession)
+            .where(_columns.id == given.c.id, _columns.status == SessionStatus.SLEEPING.value)
+            .values(wake_at=given.c.at, wake_failures=_columns.wake_failures + 1)
+            .returning(_columns.id)
+        )
+        with translate_errors():
+            moved = list(
+                await self.session.scalars(stmt, execution_options={"synchronize_session": False})
+            )
+        return len(moved)
 
     async def next_wake_at(self) -> datetime | None:
         """The earliest ``wake_at`` of any sleeping session (uses the partial index)."""
@@ -388,6 +474,67 @@ class SessionRepository:
             payload = orjson.dumps(ids[start : start + _NOTIFY_BATCH]).decode()
             await self.session.execute(select(func.pg_notify(WAKE_CHANNEL, payload)))
         return len(ids)
+
+    async def notify_workers(self) -> None:
+        """Wake the workers' wait (``NOTIFY`` on :data:`WAKE_CHANNEL`, sent at commit):
+        something is due now."""
+        await self.session.execute(select(func.pg_notify(WAKE_CHANNEL, "[]")))
+
+    def _with_latest_meta(self) -> Select[Any]:
+        latest = (
+            select(
+                _checkpoints.c.iteration_number,
+                _checkpoints.c.current_phase,
+                _checkpoints.c.sandbox_id,
+            )
+            .where(_checkpoints.c.session_id == _columns.id)
+            .order_by(_checkpoints.c.iteration_number.desc())
+            .limit(1)
+            .lateral("latest")
+        )
+        return select(AgentSession, latest).outerjoin(latest, true())
+
+    async def _snapshot_rows(self, stmt: Select[Any]) -> list[SnapshotRow]:
+        with translate_errors():
+            result = await self.session.execute(stmt, execution_options={"populate_existing": True})
+        return [
+            SnapshotRow(
+                session,
+                None if iteration is None else CheckpointMetaRow(iteration, phase, sandbox),
+            )
+            for session, iteration, phase, sandbox in result
+        ]
+
+    async def snapshot_rows(self, session_ids: Collection[str]) -> list[SnapshotRow]:
+        """The sessions with their latest checkpoint's metadata, in one query."""
+        ids = [require_text(sid, "session_id") for sid in session_ids]
+        return await self._snapshot_rows(
+            self._with_latest_meta().where(_columns.id.in_(ids)).order_by(_columns.id)
+        )
+
+    async def changed_since(
+        self,
+        since: datetime | None,
+        *,
+        horizon: timedelta,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 500,
+    ) -> list[SnapshotRow]:
+        """Sessions whose ``version`` moved after ``since`` (or, with None, within
+        ``horizon`` of the database's now), oldest change first, with their latest
+        checkpoint's metadata. ``after`` is the (changed_at, id) a previous page ended on."""
+        require_int(limit, "limit", minimum=1, maximum=10_000)
+        floor = (
+            func.now() - bindparam("p_horizon", horizon, type_=Interval)
+            if since is None
+            else require_aware(since, "since")
+        )
+        stmt = self._with_latest_meta().where(_columns.changed_at > floor)
+        if after is not None:
+            stmt = stmt.where(tuple_(_columns.changed_at, _columns.id) > tuple_(*after))
+        return await self._snapshot_rows(
+            stmt.order_by(_columns.changed_at, _columns.id).limit(limit)
+        )
 
     async def list_by_status(
         self,

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("app.workers")
 
 
 class Backoff:
@@ -34,3 +38,26 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float, *others: asyncio.Eve
     finally:
         for w in waiters:
             w.cancel()
+
+
+async def tick_forever(
+    stop: asyncio.Event,
+    tick: Callable[[], Awaitable[float]],
+    *,
+    name: str,
+    backoff_max: float,
+    wake: asyncio.Event | None = None,
+) -> None:
+    """Run ``tick`` until ``stop``, waiting the delay it returns (or until ``wake``) in
+    between; a tick that raises is retried with a bounded exponential backoff."""
+    backoff = Backoff(maximum=backoff_max)
+    while not stop.is_set():
+        if wake is not None:
+            wake.clear()
+        try:
+            delay = await tick()
+            backoff.reset()
+        except Exception as exc:
+            delay = backoff.next_delay()
+            log.warning("%s_error retry_in=%.2fs error=%r", name, delay, str(exc))
+        await wait_or_stop(stop, delay, *([wake] if wake is not None else []))

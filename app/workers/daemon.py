@@ -1,4 +1,5 @@
-"""BudgetDaemon: the safety net that sleeps and stops sessions that missed their decision."""
+"""BudgetDaemon: the safety net that sleeps and stops sessions that missed their decision,
+and the pass that reconciles the Redis mirror from PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,20 +7,18 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.budget import policy
 from app.clock import Clock, utc_now
-from app.db.models import AgentSession
-from app.domain import SessionStatus
-from app.lifecycle import Runtime, repair_keys, write_key
-from app.repositories import SessionRepository
+from app.domain import SessionStatus, SessionStoreUnavailable
+from app.lifecycle import Runtime, enforce_budgets, reconcile_store
+from app.repositories import ResumeRepository, SessionRepository
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import metrics
-from app.workers.backoff import Backoff, wait_or_stop
+from app.workers.backoff import tick_forever
 from app.workers.wake import real_seconds_until
 
 log = logging.getLogger("app.daemon")
@@ -33,14 +32,17 @@ class DaemonReport:
     stopped: list[str] = field(default_factory=list)
     by_status: dict[SessionStatus, int] = field(default_factory=dict)
     due: int = 0
+    parked: int = 0
     wake_lag_seconds: float = 0.0
+    reconciled: int = 0
     store_errors: int = 0
 
 
 class BudgetDaemon:
     """Each tick, and again just after each UTC midnight: stop sessions above 110 % of
     the day's budget, put to sleep working sessions of users at or over it that have
-    been silent longer than the grace period, and publish gauges. Run any number."""
+    been silent longer than the grace period, rewrite the Redis keys that changed, and
+    publish gauges. Run any number."""
 
     def __init__(
         self,
@@ -60,39 +62,18 @@ class BudgetDaemon:
         """One pass over today's over-budget users; returns what it did."""
         started = time.perf_counter()
         report = DaemonReport()
-        if self.rt.pending_keys:
-            await repair_keys(self.rt)
-        now = self.clock()
-        today = policy.budget_day(now)
-        changed: list[AgentSession] = []
-        while True:
-            async with self.rt.session_factory.begin() as s:
-                repo = SessionRepository(s)
-                stopped = await repo.stop_over_budget(day=today, limit=self.batch_size)
-                slept = await repo.sleep_over_budget(
-                    day=today,
-                    silent_for=timedelta(seconds=self.settings.sleep_grace_seconds),
-                    wake_at=policy.next_budget_day_start(now),
-                    limit=self.batch_size,
-                )
-            for row in stopped:
-                log.info("stop session=%s reason=%r by=daemon", row.id, "over 110% of daily budget")
-                metrics.STOPS.inc()
-                report.stopped.append(row.id)
-            for row in slept:
-                log.info(
-                    "sleep session=%s reason=%r wake_at=%s by=daemon",
-                    row.id, "daily budget spent, agent silent", row.wake_at,
-                )  # fmt: skip
-                metrics.SLEEPS.labels("daemon").inc()
-                report.slept.append(row.id)
-            changed += [*stopped, *slept]
-            if len(stopped) < self.batch_size and len(slept) < self.batch_size:
-                break
-        for row in changed:
-            if not await write_key(self.rt, row):
-                report.store_errors += 1
-                metrics.STORE_ERRORS.inc()
+        done = await enforce_budgets(self.rt, limit=self.batch_size)
+        report.stopped = [row.id for row in done.stopped]
+        report.slept = [row.id for row in done.slept]
+        metrics.STOPS.inc(len(report.stopped))
+        metrics.SLEEPS.labels("daemon").inc(len(report.slept))
+        try:
+            report.reconciled = await reconcile_store(self.rt)
+        except SessionStoreUnavailable as exc:
+            report.store_errors += 1
+            metrics.STORE_ERRORS.inc()
+            log.warning("store_error reconcile error=%r", str(exc))
+        metrics.RECONCILED.inc(report.reconciled)
         await self._gauges(report)
         metrics.BATCH_SECONDS.labels("daemon").observe(time.perf_counter() - started)
         return report
@@ -103,31 +84,28 @@ class BudgetDaemon:
             repo = SessionRepository(s)
             report.by_status = await repo.count_by_status()
             report.due, oldest = await repo.due_stats(now=now)
+            report.parked = await ResumeRepository(s).count_parked()
         report.wake_lag_seconds = (now - oldest).total_seconds() if oldest else 0.0
         for status, n in report.by_status.items():
             metrics.SESSIONS.labels(status.value).set(n)
         metrics.DUE.set(report.due)
+        metrics.PARKED.set(report.parked)
         metrics.WAKE_LAG.set(report.wake_lag_seconds)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Tick every ``daemon_interval`` and just after each UTC midnight until ``stop``."""
-        backoff = Backoff(maximum=self.settings.backoff_max_seconds)
-        while not stop.is_set():
-            try:
-                report = await self.run_once()
-                if report.slept or report.stopped:
-                    log.info(
-                        "daemon_tick slept=%d stopped=%d due=%d wake_lag=%.1fs",
-                        len(report.slept), len(report.stopped), report.due,
-                        report.wake_lag_seconds,
-                    )  # fmt: skip
-                backoff.reset()
-                midnight = policy.next_budget_day_start(self.clock())
-                delay = min(
-                    self.settings.daemon_interval,
-                    real_seconds_until(self.clock, midnight) + 0.001,
-                )
-            except Exception as exc:
-                delay = backoff.next_delay()
-                log.warning("daemon_error retry_in=%.2fs error=%r", delay, str(exc))
-            await wait_or_stop(stop, delay)
+
+        async def tick() -> float:
+            report = await self.run_once()
+            if report.slept or report.stopped:
+                log.info(
+                    "daemon_tick slept=%d stopped=%d due=%d wake_lag=%.1fs",
+                    len(report.slept), len(report.stopped), report.due,
+                    report.wake_lag_seconds,
+                )  # fmt: skip
+            midnight = policy.next_budget_day_start(self.clock())
+            return min(
+                self.settings.daemon_interval, real_seconds_until(self.clock, midnight) + 0.001
+            )
+
+        await tick_forever(stop, tick, name="daemon", backoff_max=self.settings.backoff_max_seconds)

@@ -16,6 +16,16 @@ WAKE_LAG: Final = Gauge(
     "agent_wake_lag_seconds", "How long the most overdue sleeping session has been due"
 )
 DUE: Final = Gauge("agent_sleepers_due", "Sleeping sessions whose wake time has passed")
+RESUMES: Final = Counter(
+    "agent_resumes_total", "Resume deliveries by outcome", ["outcome"]
+)  # outcome: acknowledged | failed | unrestorable
+PARKED: Final = Gauge("agent_sessions_parked", "Sessions whose resume ran out of attempts")
+PARKED_TOTAL: Final = Counter("agent_resume_parks_total", "Resumes parked after the last attempt")
+RUNNERS_LOST: Final = Counter(
+    "agent_runners_lost_total", "Working sessions delivered again after their runner went silent"
+)
+HOOKS_RUNNING: Final = Gauge("agent_resume_hooks_running", "Resume hooks running in this worker")
+RECONCILED: Final = Counter("agent_store_reconciled_total", "Redis keys rewritten from PostgreSQL")
 BATCH_SECONDS: Final = Histogram(
     "agent_batch_duration_seconds", "Duration of one worker or daemon batch", ["process"]
 )

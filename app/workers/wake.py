@@ -1,4 +1,5 @@
-"""WakeWorker: restores sleeping sessions whose wake time has come (BDGT-03, BDGT-04)."""
+"""WakeWorker: wakes sleeping sessions whose time has come and delivers their resumes
+to the runner hook, at least once (BDGT-03, BDGT-04; DESIGN.md §8)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,12 +16,20 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.clock import Clock, utc_now
-from app.lifecycle import RestoredSession, Runtime, log_wake, repair_keys, wake_many, write_keys
-from app.repositories import WAKE_CHANNEL, SessionRepository
+from app.lifecycle import (
+    RestoredSession,
+    Runtime,
+    acknowledge,
+    deliver_due,
+    delivery_failed,
+    renew_leases,
+    wake_due,
+)
+from app.repositories import WAKE_CHANNEL, ResumeRepository, SessionRepository
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import metrics
-from app.workers.backoff import Backoff, wait_or_stop
+from app.workers.backoff import Backoff, tick_forever, wait_or_stop
 
 log = logging.getLogger("app.worker")
 
@@ -34,8 +43,12 @@ class WakeReport:
     claimed: int = 0
     woken: int = 0
     failed: int = 0
-    store_errors: int = 0
+    delivered: int = 0
+    acknowledged: int = 0
     resume_errors: int = 0
+    parked: int = 0
+    orphans: int = 0
+    store_errors: int = 0
     batches: int = 0
 
 
@@ -46,10 +59,127 @@ def real_seconds_until(clock: Clock, moment: datetime) -> float:
     return float(convert(delta)) if convert else max(0.0, delta.total_seconds())
 
 
+class _Dispatcher:
+    """Runs resume hooks, at most ``concurrency`` at once, while renewing the leases of
+    every delivery it holds; acknowledges those whose hook returned, in batches."""
+
+    def __init__(self, rt: Runtime, hook: ResumeHook, concurrency: int) -> None:
+        self.rt = rt
+        self.hook = hook
+        self.concurrency = concurrency
+        self.slots = asyncio.Semaphore(concurrency)
+        self._freed = asyncio.Event()
+        self.held: dict[str, str] = {}  # session id -> token of deliveries not yet done
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.report = WakeReport()
+        self._to_ack: dict[str, str] = {}
+        self._ack_wanted = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+
+    def start(self, deliveries: Iterable[RestoredSession]) -> None:
+        if not self._background:
+            self._background = [
+                asyncio.create_task(self._acknowledger()),
+                asyncio.create_task(self._renewer()),
+            ]
+        for restored in deliveries:
+            self.held[restored.session.id] = restored.resume_token
+            task = asyncio.create_task(self._deliver(restored))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _deliver(self, restored: RestoredSession) -> None:
+        async with self.slots:
+            self.report.delivered += 1
+            metrics.HOOKS_RUNNING.inc()
+            try:
+                if inspect.iscoroutinefunction(self.hook):
+                    await self.hook(restored)
+                else:
+                    # A plain function may block: it runs in a thread, so leases are
+                    # still renewed and other hooks still run meanwhile.
+                    result = await asyncio.to_thread(self.hook, restored)
+                    if inspect.isawaitable(result):
+                        await result
+            except Exception as exc:
+                self.report.resume_errors += 1
+                metrics.RESUMES.labels("failed").inc()
+                with contextlib.suppress(Exception):  # the lease runs out: delivered again
+                    await delivery_failed(self.rt, restored, exc)
+                self._release(restored.session.id)
+                return
+            finally:
+                metrics.HOOKS_RUNNING.dec()
+        self._to_ack[restored.session.id] = restored.resume_token
+        self._ack_wanted.set()
+
+    async def _acknowledger(self) -> None:
+        # One acknowledgement transaction at a time, for whatever returned meanwhile.
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted.clear()
+            batch, self._to_ack = self._to_ack, {}
+            try:
+                done = await acknowledge(self.rt, batch)
+            except Exception as exc:
+                # Not acknowledged: held until the lease runs out, then delivered again.
+                log.warning("ack_error sessions=%d error=%r", len(batch), str(exc))
+                done = 0
+            self.report.acknowledged += done
+            metrics.RESUMES.labels("acknowledged").inc(done)
+            for session_id in batch:
+                self._release(session_id)
+
+    def _release(self, session_id: str) -> None:
+        self.held.pop(session_id, None)
+        self._freed.set()
+
+    def room(self) -> int:
+        """How many more deliveries to take on now: enough to keep every slot busy,
+        without hoarding what another worker could run sooner."""
+        return max(0, 2 * self.concurrency - len(self.held))
+
+    async def wait_for_room(self) -> None:
+        while not self.room():
+            self._freed.clear()
+            await self._freed.wait()
+
+    async def _renewer(self) -> None:
+        period = self.rt.settings.resume_lease_seconds / 3
+        while True:
+            await asyncio.sleep(period)
+            if self.held:
+                try:
+                    await renew_leases(self.rt, dict(self.held))
+                except Exception as exc:
+                    log.warning("lease_renewal_error error=%r", str(exc))
+
+    @property
+    def busy(self) -> int:
+        """Deliveries held: running, waiting for a slot, or waiting for their ack."""
+        return len(self.held)
+
+    async def drain(self) -> None:
+        """Wait for every delivery held so far: its hook returned and was acknowledged,
+        or raised and was rescheduled. (Bound it with ``asyncio.timeout``: what is
+        abandoned is delivered again after its lease.)"""
+        while self.held:
+            self._freed.clear()
+            await self._freed.wait()
+
+    async def close(self) -> None:
+        for task in [*self.tasks, *self._background]:
+            task.cancel()
+        await asyncio.gather(*self.tasks, *self._background, return_exceptions=True)
+        self._background = []
+
+
 class WakeWorker:
-    """Claims due sleepers in batches (``SKIP LOCKED``), wakes a batch in one transaction
-    (a session that cannot be restored stays asleep without aborting the others), then
-    rewrites the Redis keys and hands each session to ``on_resume``. Run any number."""
+    """Wakes due sleepers in batches (``SKIP LOCKED``; a session that cannot be restored
+    stays asleep, retried with backoff, without holding up the others), then delivers
+    every resume owed to ``on_resume``: its own wakes at once, and any delivery whose
+    lease ran out (another worker died) or that a resume or top-up owes. Run any number.
+    """
 
     def __init__(
         self,
@@ -64,101 +194,112 @@ class WakeWorker:
         self.rt = Runtime(session_factory, store, settings, clock)
         self.settings = settings
         self.clock = clock
-        self.on_resume = on_resume
+        self.on_resume: ResumeHook = on_resume or _acknowledge_only
         self.batch_size = batch_size
         self._notified = asyncio.Event()
 
     # ---------------------------------------------------------------- one pass
 
-    async def run_once(self, stop: asyncio.Event | None = None) -> WakeReport:
-        """Wake every session that is due now, batch by batch, and return the counts."""
-        report = WakeReport()
-        if self.rt.pending_keys:
-            await repair_keys(self.rt)
-        failed: set[str] = set()
+    async def _pass(self, dispatcher: _Dispatcher, stop: asyncio.Event | None) -> WakeReport:
+        report = dispatcher.report
         while stop is None or not stop.is_set():
+            await dispatcher.wait_for_room()
+            limit = min(self.batch_size, dispatcher.room())
             started = time.perf_counter()
-            woken = await self._wake_batch(report, failed)
+            woken = await wake_due(self.rt, limit=limit, lease=self.rt.lease)
+            report.claimed += woken.claimed
+            report.woken += len(woken.woken)
+            report.failed += len(woken.failed)
+            if not woken.keys_written:
+                report.store_errors += len(woken.woken)
+                metrics.STORE_ERRORS.inc(len(woken.woken))
+            report.batches += 1 if woken.claimed else 0
+            metrics.WAKES.labels("due").inc(len(woken.woken))
+            metrics.WAKE_FAILURES.inc(len(woken.failed))
+            dispatcher.start(woken.woken)
+            owed = await deliver_due(self.rt, limit=max(1, dispatcher.room()))
+            report.parked += len(owed.parked)
+            report.orphans += len(owed.orphans)
+            metrics.PARKED_TOTAL.inc(len(owed.parked))
+            metrics.RUNNERS_LOST.inc(len(owed.orphans))
+            metrics.RESUMES.labels("unrestorable").inc(len(owed.unrestorable))
+            dispatcher.start(owed.deliveries)
             metrics.BATCH_SECONDS.labels("worker").observe(time.perf_counter() - started)
-            if not woken:
-                break  # nothing due, or only failures: those are retried on the next tick
-            for restored in woken:
-                await self._after_commit(restored, report)
+            # A full batch may hide more; failures were deferred, so they are not
+            # claimed again in this pass and cannot starve it.
+            if woken.claimed < limit and not owed.deliveries:
+                break
         return report
 
-    async def _wake_batch(self, report: WakeReport, failed: set[str]) -> list[RestoredSession]:
-        async with self.rt.session_factory() as s, s.begin():
-            claimed = await SessionRepository(s).claim_due_for_wake(
-                now=self.clock(), limit=self.batch_size, exclude=failed
-            )
-            if not claimed:
-                return []
-            report.batches += 1
-            report.claimed += len(claimed)
-            woken, failures = await wake_many(self.rt, s, claimed)
-        for session_id, exc in failures.items():
-            # Left asleep and due: retried on the next tick, not in this pass.
-            report.failed += 1
-            failed.add(session_id)
-            metrics.WAKE_FAILURES.inc()
-            log.error("wake_failed session=%s error=%r", session_id, str(exc))
-        if woken and not await write_keys(self.rt, [(r.session, r.checkpoint) for r in woken]):
-            report.store_errors += len(woken)
-            metrics.STORE_ERRORS.inc(len(woken))
-        return woken
-
-    async def _after_commit(self, restored: RestoredSession, report: WakeReport) -> None:
-        report.woken += 1
-        metrics.WAKES.labels("due").inc()
-        log_wake(restored, "due")
-        if self.on_resume is None:
-            return
+    async def run_once(self, stop: asyncio.Event | None = None) -> WakeReport:
+        """Wake every session due now and deliver every resume owed now; returns after
+        every hook it started has returned or raised (and was acknowledged)."""
+        dispatcher = _Dispatcher(self.rt, self.on_resume, self.settings.resume_concurrency)
         try:
-            result = self.on_resume(restored)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            report.resume_errors += 1
-            log.exception("resume_hook_failed session=%s", restored.session.id)
+            report = await self._pass(dispatcher, stop)
+            await dispatcher.drain()
+        finally:
+            await dispatcher.close()
+        return report
 
     # ----------------------------------------------------------------- forever
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """Tick until ``stop`` is set, then finish the current batch and return.
+        """Tick until ``stop`` is set; then wait up to ``RESUME_GRACE_SECONDS`` for the
+        hooks still running (what is abandoned is delivered again after its lease).
 
         Between ticks it sleeps for the poll interval, or until the next sleeper is
-        due, or until a ``request_wake`` NOTIFY arrives, whichever comes first.
+        due, or until a NOTIFY (a top-up, a resume) arrives, whichever comes first.
+        Hooks run beside the ticks: a slow hook delays no other wake.
         """
+        dispatcher = _Dispatcher(self.rt, self.on_resume, self.settings.resume_concurrency)
         listener = asyncio.create_task(self._listen(stop))
-        backoff = Backoff(maximum=self.settings.backoff_max_seconds)
+
+        async def tick() -> float:
+            report = await self._pass(dispatcher, stop)
+            if report.claimed or report.delivered:
+                log.info(
+                    "worker_tick claimed=%d woken=%d failed=%d delivered=%d acked=%d",
+                    report.claimed, report.woken, report.failed, report.delivered,
+                    report.acknowledged,
+                )  # fmt: skip
+            dispatcher.report = WakeReport()
+            return await self._idle_delay()
+
         try:
-            while not stop.is_set():
-                self._notified.clear()
-                try:
-                    report = await self.run_once(stop)
-                    if report.claimed:
-                        log.info(
-                            "worker_tick claimed=%d woken=%d failed=%d store_errors=%d",
-                            report.claimed, report.woken, report.failed, report.store_errors,
-                        )  # fmt: skip
-                    delay = await self._idle_delay()
-                    backoff.reset()
-                except Exception as exc:
-                    delay = backoff.next_delay()
-                    log.warning("worker_error retry_in=%.2fs error=%r", delay, str(exc))
-                await wait_or_stop(stop, delay, self._notified)
+            await tick_forever(
+                stop,
+                tick,
+                name="worker",
+                backoff_max=self.settings.backoff_max_seconds,
+                wake=self._notified,
+            )
+            try:
+                async with asyncio.timeout(self.settings.resume_grace_seconds):
+                    await dispatcher.drain()
+            except TimeoutError:
+                log.warning(
+                    "shutdown abandoning %d resume(s): delivered again after the lease",
+                    dispatcher.busy,
+                )
         finally:
+            await dispatcher.close()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
 
     async def _idle_delay(self) -> float:
+        # Two waits, each on its own clock: sleepers' wake_at is on the injected clock,
+        # deliveries' due times on the database's.
         async with self.rt.session_factory() as s:
-            earliest = await SessionRepository(s).next_wake_at()
-        poll = self.settings.wake_poll_interval
-        if earliest is None:
-            return poll
-        return min(poll, real_seconds_until(self.clock, earliest) + 0.001)
+            earliest_wake = await SessionRepository(s).next_wake_at()
+            next_delivery = await ResumeRepository(s).seconds_until_next_delivery()
+        delay = self.settings.wake_poll_interval
+        if earliest_wake is not None:
+            delay = min(delay, real_seconds_until(self.clock, earliest_wake) + 0.001)
+        if next_delivery is not None:
+            delay = min(delay, max(0.0, next_delivery) + 0.001)
+        return delay
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN on the wake channel over a dedicated connection; reconnect on loss."""
@@ -185,3 +326,8 @@ class WakeWorker:
 
     def _on_notify(self, *_: object) -> None:
         self._notified.set()
+
+
+def _acknowledge_only(restored: RestoredSession) -> None:
+    """Without a hook there is nobody to hand the session to: the delivery is done."""
+    log.info("resume session=%s (no hook)", restored.session.id)

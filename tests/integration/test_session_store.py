@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -18,7 +19,12 @@ def test_session_ttl_is_25_hours() -> None:
 
 
 async def test_put_then_get_round_trips_with_a_25h_ttl(store: RedisSessionStore) -> None:
-    state = {"status": "sleeping", "wake_at": "2031-01-02T00:00:00+00:00", "iteration": 7}
+    state = {
+        "status": "sleeping",
+        "wake_at": "2031-01-02T00:00:00+00:00",
+        "iteration": 7,
+        "version": 3,
+    }
     await store.put("s-1", state)
     assert await store.get("s-1") == state
     ttl = await store.ttl("s-1")
@@ -29,9 +35,9 @@ async def test_put_then_get_round_trips_with_a_25h_ttl(store: RedisSessionStore)
 async def test_get_renews_the_ttl_unless_told_not_to(
     store: RedisSessionStore, redis: Redis
 ) -> None:
-    await store.put("s-1", {"status": "working"})
+    await store.put("s-1", {"status": "working", "version": 1})
     await redis.expire(store.key("s-1"), 100)
-    assert await store.get("s-1", refresh=False) == {"status": "working"}
+    assert await store.get("s-1", refresh=False) == {"status": "working", "version": 1}
     assert await store.ttl("s-1") <= 100  # type: ignore[operator]
     await store.get("s-1")
     ttl = await store.ttl("s-1")
@@ -42,7 +48,7 @@ async def test_get_renews_the_ttl_unless_told_not_to(
 async def test_touch_and_delete_say_whether_the_key_existed(store: RedisSessionStore) -> None:
     assert await store.touch("s-1") is False
     assert await store.delete("s-1") is False
-    await store.put("s-1", {"status": "working"})
+    await store.put("s-1", {"status": "working", "version": 1})
     assert await store.touch("s-1") is True
     assert await store.delete("s-1") is True
     assert await store.get("s-1") is None
@@ -50,7 +56,7 @@ async def test_touch_and_delete_say_whether_the_key_existed(store: RedisSessionS
 
 
 async def test_expired_key_reads_as_missing(store: RedisSessionStore, redis: Redis) -> None:
-    await store.put("s-1", {"status": "working"})
+    await store.put("s-1", {"status": "working", "version": 1})
     await redis.expire(store.key("s-1"), 0)
     assert await store.get("s-1") is None
 
@@ -62,7 +68,7 @@ async def test_keys_carry_the_prefix_and_nothing_else_is_touched(
     await redis.set(neighbour, b"theirs")
     try:
         for sid in ("s-1", "*", "../s-1", "s-1:extra", "a b"):
-            await store.put(sid, {"id": sid})
+            await store.put(sid, {"id": sid, "version": 0})
             assert store.key(sid) == f"{key_prefix}:{sid}"
         keys = {k.decode() async for k in redis.scan_iter(match=f"{key_prefix}*")}
         assert all(k.startswith(f"{key_prefix}:") for k in keys - {neighbour})
@@ -78,13 +84,57 @@ async def test_bad_session_ids_are_typed_errors(
     store: RedisSessionStore, session_id: object
 ) -> None:
     with pytest.raises(InvalidInput):
-        await store.put(session_id, {})  # type: ignore[arg-type]
+        await store.put(session_id, {"version": 1})  # type: ignore[arg-type]
 
 
 async def test_unserialisable_state_is_refused(store: RedisSessionStore) -> None:
     with pytest.raises(InvalidInput):
-        await store.put("s-1", {"when": object()})
+        await store.put("s-1", {"when": object(), "version": 1})
     assert await store.get("s-1") is None
+
+
+async def test_an_older_version_never_replaces_a_newer_one(store: RedisSessionStore) -> None:
+    assert await store.put("s-1", {"status": "sleeping", "version": 5}) is True
+    assert await store.put("s-1", {"status": "working", "version": 4}) is False
+    assert await store.get("s-1") == {"status": "sleeping", "version": 5}
+    # An equal version overwrites (the same row written again), a higher one too.
+    assert await store.put("s-1", {"status": "sleeping", "note": "again", "version": 5})
+    assert (await store.get("s-1")) == {"status": "sleeping", "note": "again", "version": 5}
+    assert await store.put("s-1", {"status": "working", "version": 6})
+    assert await store.version("s-1") == 6
+
+
+async def test_put_many_is_guarded_key_by_key(store: RedisSessionStore) -> None:
+    await store.put("a", {"version": 9})
+    written = await store.put_many(
+        {"a": {"version": 8}, "b": {"version": 1}, "c": {"version": 2}}
+    )
+    assert written == 2
+    assert [await store.version(k) for k in ("a", "b", "c")] == [9, 1, 2]
+
+
+async def test_racing_writers_converge_on_the_highest_version(store: RedisSessionStore) -> None:
+    versions = list(range(40))
+    random.Random(7).shuffle(versions)
+    await asyncio.gather(*(store.put("s-1", {"version": v}) for v in versions))
+    await asyncio.gather(
+        *(store.put_many({f"m-{i}": {"version": v} for i in range(5)}) for v in versions)
+    )
+    assert await store.version("s-1") == 39
+    assert {await store.version(f"m-{i}") for i in range(5)} == {39}
+
+
+@pytest.mark.parametrize("version", [None, "7", -1, True, 1.5])
+async def test_a_state_without_an_integer_version_is_refused(
+    store: RedisSessionStore, version: object
+) -> None:
+    state = {"status": "working"} if version is None else {"status": "working", "version": version}
+    with pytest.raises(InvalidInput, match="version"):
+        await store.put("s-1", state)
+    with pytest.raises(InvalidInput, match="version"):
+        await store.put_many({"s-2": {"version": 1}, "s-1": state})
+    assert await store.get("s-1") is None
+    assert await store.get("s-2") is None
 
 
 async def test_closed_port_raises_unavailable_quickly() -> None:
@@ -92,7 +142,7 @@ async def test_closed_port_raises_unavailable_quickly() -> None:
     store = RedisSessionStore(client, prefix="unused")
     started = time.monotonic()
     with pytest.raises(SessionStoreUnavailable):
-        await store.put("s-1", {"status": "working"})
+        await store.put("s-1", {"status": "working", "version": 1})
     assert time.monotonic() - started < 3
     await client.aclose()
 
@@ -117,7 +167,7 @@ async def silent_server() -> AsyncIterator[int]:
 async def test_a_server_that_never_answers_raises_within_the_bound(silent_server: int) -> None:
     client = Redis(host="127.0.0.1", port=silent_server, socket_timeout=None)
     store = RedisSessionStore(client, prefix="unused", timeout=0.5)
-    for call in (store.get("s-1"), store.put("s-1", {}), store.ttl("s-1")):
+    for call in (store.get("s-1"), store.put("s-1", {"version": 1}), store.ttl("s-1")):
         started = time.monotonic()
         with pytest.raises(SessionStoreUnavailable, match="longer than"):
             await call

@@ -19,6 +19,8 @@ class AgentCostEvent(Base):
         CheckConstraint("output_tokens >= 0", name="output_tokens_non_negative"),
         CheckConstraint("cost_microdollars >= 0", name="cost_non_negative"),
         Index(None, "clerk_user_id", "budget_day"),
+        # A session's latest charge is a sign of its runner's life (DESIGN.md §8).
+        Index(None, "session_id", "created_at"),
     )
 
     request_id: Mapped[Str255] = mapped_column(unique=True)

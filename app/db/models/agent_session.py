@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Index, func, text
+from sqlalchemy import CheckConstraint, Index, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, Microdollars, Str50, Str100, Str255, check_in
@@ -29,6 +29,23 @@ class AgentSession(Base):
             "wake_at",
             postgresql_where=text("status = 'sleeping'"),
         ),
+        # A resume is owed exactly while the session works; a parked one is owed no more.
+        CheckConstraint(
+            "resume_due_at IS NULL OR status = 'working'", name="resume_due_only_while_working"
+        ),
+        CheckConstraint("resume_attempts >= 0", name="resume_attempts_non_negative"),
+        CheckConstraint("wake_failures >= 0", name="wake_failures_non_negative"),
+        Index(
+            "ix_agent_sessions_resume_due_at_owed",
+            "resume_due_at",
+            postgresql_where=text("resume_due_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_agent_sessions_last_seen_at_working",
+            "last_seen_at",
+            postgresql_where=text("status = 'working'"),
+        ),
+        Index("ix_agent_sessions_changed_at", "changed_at"),
     )
 
     id: Mapped[Str255] = mapped_column(primary_key=True)
@@ -50,3 +67,19 @@ class AgentSession(Base):
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     wake_at: Mapped[datetime | None] = mapped_column(default=None)
     version: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    #: The current runner's fencing token: new on every move to ``working``.
+    resume_token: Mapped[str | None] = mapped_column(String(64), default=None)
+    #: When the next resume delivery is due (NULL: none owed). A delivery in flight
+    #: holds it one lease ahead; the acknowledgement clears it.
+    resume_due_at: Mapped[datetime | None] = mapped_column(default=None)
+    resume_attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    #: Set when the deliveries ran out (RESUME_MAX_ATTEMPTS); cleared by a redelivery.
+    resume_parked_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: Failed attempts to wake this sleeper (its checkpoint would not restore).
+    wake_failures: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    #: The runner's last sign of life (a heartbeat, a delivery, an acknowledgement),
+    #: on the database clock; charges and checkpoints count through their own stamps.
+    last_seen_at: Mapped[datetime] = mapped_column(server_default=func.now(), init=False)
+    #: When ``version`` last moved, stamped by a trigger: the Redis mirror reconciles
+    #: from it.
+    changed_at: Mapped[datetime] = mapped_column(server_default=func.now(), init=False)

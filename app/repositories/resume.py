@@ -1,0 +1,269 @@
+"""ResumeRepository: the resume a woken session is owed, delivered at least once.
+
+A move to ``working`` (a wake, a resume, a top-up) issues a new ``resume_token`` and
+owes a delivery (``resume_due_at``). A worker claims due deliveries with a lease, calls
+the hook, and acknowledges; a delivery whose lease runs out is due again, for any
+worker. Every time here is the database's ``now()``, both where it is stamped and
+where it is compared: leases and signs of life are measured on one clock, whichever
+host runs the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Final
+
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Interval,
+    String,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import AgentCostEvent, AgentSession
+from app.domain import SessionNotFound, SessionStatus, StaleRunner
+from app.repositories.errors import translate_errors
+from app.repositories.sessions import owed_resume
+from app.validation import require_int, require_text
+
+_s = AgentSession.__table__.c
+_events = AgentCostEvent.__table__.c
+_WORKING: Final = SessionStatus.WORKING.value
+_LEASE = bindparam("p_lease", type_=Interval)
+
+
+def _due() -> list[ColumnElement[bool]]:
+    return [
+        _s.status == _WORKING,
+        _s.resume_due_at <= func.now(),
+        _s.resume_parked_at.is_(None),
+    ]
+
+
+class ResumeRepository:
+    """Resume obligations on ``agent_sessions``. Never commits: the caller owns the
+    transaction."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def _sessions(self, stmt: Executable, params: Mapping[str, object]) -> list[AgentSession]:
+        with translate_errors():
+            result = await self.session.scalars(
+                stmt, params, execution_options={"populate_existing": True}
+            )
+        return list(result)
+
+    async def claim_deliveries(
+        self, *, lease: timedelta, max_attempts: int, limit: int = 100
+    ) -> list[AgentSession]:
+        """Book up to ``limit`` due deliveries to the caller for ``lease``, counting an
+        attempt on each (``SKIP LOCKED``: concurrent workers get disjoint sets)."""
+        require_int(limit, "limit", minimum=1, maximum=10_000)
+        require_int(max_attempts, "max_attempts", minimum=1)
+        due = (
+            select(_s.id)
+            .where(*_due(), _s.resume_attempts < max_attempts)
+            .order_by(_s.resume_due_at, _s.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(AgentSession)
+            .where(_s.id.in_(due.scalar_subquery()))
+            .values(
+                resume_due_at=func.now() + _LEASE,
+                resume_attempts=_s.resume_attempts + 1,
+                last_seen_at=func.now(),
+            )
+            .returning(AgentSession)
+        )
+        return await self._sessions(stmt, {"p_lease": lease})
+
+    async def park_exhausted(self, *, max_attempts: int, limit: int = 100) -> list[AgentSession]:
+        """Park due deliveries that used up their attempts: nobody will try them again
+        until an operator redelivers them."""
+        exhausted = (
+            select(_s.id)
+            .where(*_due(), _s.resume_attempts >= max_attempts)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(AgentSession)
+            .where(_s.id.in_(exhausted.scalar_subquery()))
+            .values(resume_parked_at=func.now(), resume_due_at=None)
+            .returning(AgentSession)
+        )
+        return await self._sessions(stmt, {})
+
+    async def redeliver_orphans(
+        self, *, runner_timeout: timedelta, limit: int = 100
+    ) -> list[AgentSession]:
+        """Working sessions that owe nothing and showed no sign of life (a delivery, an
+        acknowledgement, a heartbeat, a checkpoint or a charge) for ``runner_timeout``:
+        a new token fences off the runner that vanished, and a resume is owed at once."""
+        cutoff = func.now() - bindparam("p_timeout", runner_timeout, type_=Interval)
+        charged_since = exists().where(_events.session_id == _s.id, _events.created_at >= cutoff)
+        silent = (
+            select(_s.id)
+            .where(
+                _s.status == _WORKING,
+                _s.resume_due_at.is_(None),
+                _s.resume_parked_at.is_(None),
+                _s.last_seen_at < cutoff,
+                or_(_s.last_checkpoint_at.is_(None), _s.last_checkpoint_at < cutoff),
+                ~charged_since,
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(AgentSession)
+            .where(_s.id.in_(silent.scalar_subquery()))
+            .values(**owed_resume())
+            .returning(AgentSession)
+        )
+        return await self._sessions(stmt, {})
+
+    async def _by_tokens(self, tokens: Mapping[str, str], values: dict[str, object]) -> int:
+        ids = [require_text(sid, "session_id") for sid in tokens]
+        if not ids:
+            return 0
+        given = (
+            func.unnest(
+                bindparam("p_ids", ids, type_=ARRAY(String)),
+                bindparam(
+                    "p_tokens",
+                    [require_text(tokens[sid], "resume_token") for sid in ids],
+                    type_=ARRAY(String),
+                ),
+            )
+            .table_valued("id", "token", name="given")
+            .render_derived()
+        )
+        stmt = (
+            update(AgentSession)
+            .where(
+                _s.id == given.c.id,
+                _s.resume_token == given.c.token,
+                _s.resume_due_at.is_not(None),
+            )
+            .values(**values)
+            .returning(_s.id)
+        )
+        with translate_errors():
+            moved = await self.session.scalars(
+                stmt, execution_options={"synchronize_session": False}
+            )
+        return len(list(moved))
+
+    async def acknowledge(self, tokens: Mapping[str, str]) -> int:
+        """The hooks returned: these deliveries (session id -> token) are done. A token
+        that is no longer the session's acknowledges nothing. Returns how many were."""
+        return await self._by_tokens(
+            tokens, {"resume_due_at": None, "resume_attempts": 0, "last_seen_at": func.now()}
+        )
+
+    async def renew(self, tokens: Mapping[str, str], *, lease: timedelta) -> int:
+        """Hooks still running keep their deliveries for another ``lease``."""
+        return await self._by_tokens(
+            tokens,
+            {
+                "resume_due_at": func.now() + bindparam("p_renew", lease, type_=Interval),
+                "last_seen_at": func.now(),
+            },
+        )
+
+    async def retry_later(self, session_id: str, token: str, *, delay: timedelta) -> bool:
+        """The hook raised: this delivery is due again after ``delay``."""
+        moved = await self._by_tokens(
+            {session_id: token},
+            {"resume_due_at": func.now() + bindparam("p_delay", delay, type_=Interval)},
+        )
+        return moved == 1
+
+    async def heartbeat(self, session_id: str, token: str) -> None:
+        """A sign of life from the runner holding ``token``; ``StaleRunner`` when the
+        session has been delivered to another runner since."""
+        require_text(session_id, "session_id")
+        require_text(token, "resume_token")
+        stmt = (
+            update(AgentSession)
+            .where(_s.id == session_id, _s.resume_token == token)
+            .values(last_seen_at=func.now())
+            .returning(_s.id)
+        )
+        with translate_errors(session_id=session_id):
+            if await self.session.scalar(stmt) is not None:
+                return
+            if await self.session.scalar(select(_s.id).where(_s.id == session_id)) is None:
+                raise SessionNotFound(session_id)
+        raise StaleRunner(session_id, token)
+
+    async def redeliver(self, session_id: str) -> AgentSession | None:
+        """Owe a working session's resume again at once, attempts reset and unparked (the
+        operator's ``sessions redeliver``). The token stays: it is the same wake. None
+        when the session is not working."""
+        require_text(session_id, "session_id")
+        stmt = (
+            update(AgentSession)
+            .where(_s.id == session_id, _s.status == _WORKING)
+            .values(resume_due_at=func.now(), resume_attempts=0, resume_parked_at=None)
+            .returning(AgentSession)
+        )
+        found = await self._sessions(stmt, {})
+        return found[0] if found else None
+
+    async def stuck(self, *, overdue: timedelta, limit: int = 100) -> list[AgentSession]:
+        """Parked sessions, and deliveries due for longer than ``overdue``: what an
+        operator should look at, oldest first."""
+        require_int(limit, "limit", minimum=1, maximum=10_000)
+        stmt = (
+            select(AgentSession)
+            .where(
+                _s.status == _WORKING,
+                or_(
+                    _s.resume_parked_at.is_not(None),
+                    and_(
+                        _s.resume_due_at.is_not(None),
+                        _s.resume_due_at
+                        < func.now() - bindparam("p_overdue", overdue, type_=Interval),
+                    ),
+                ),
+            )
+            .order_by(func.coalesce(_s.resume_parked_at, _s.resume_due_at), _s.id)
+            .limit(limit)
+        )
+        return await self._sessions(stmt, {})
+
+    async def seconds_until_next_delivery(self) -> float | None:
+        """Seconds until the earliest owed delivery falls due (negative: overdue), on
+        the database clock; None when nothing is owed."""
+        seconds = await self.session.scalar(
+            select(func.extract("epoch", func.min(_s.resume_due_at) - func.now())).where(
+                _s.status == _WORKING,
+                _s.resume_due_at.is_not(None),
+                _s.resume_parked_at.is_(None),
+            )
+        )
+        return None if seconds is None else float(seconds)
+
+    async def count_parked(self) -> int:
+        """How many sessions are parked (a gauge)."""
+        return int(
+            await self.session.scalar(
+                select(func.count()).where(_s.status == _WORKING, _s.resume_parked_at.is_not(None))
+            )
+            or 0
+        )
