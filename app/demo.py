@@ -156,12 +156,9 @@ async def rest(
     while True:
         if not stop:
             slept_at = fleet.clock()
-            try:
-                sleeping = await sleep_session(rt, snapshot(), now=slept_at)
-            except InvalidTransition as exc:
-                if exc.current is not SessionStatus.BUDGET_EXCEEDED:
-                    raise
-                stop = True
+            sleeping = await sleep_session(rt, snapshot(), now=slept_at)
+            if sleeping.status == SessionStatus.BUDGET_EXCEEDED:
+                stop = True  # a charge or the daemon stopped it first; the turn is saved
                 continue
             assert sleeping.wake_at is not None
             record = SleepRecord(

@@ -207,6 +207,7 @@ class WakeWorker:
             limit = min(self.batch_size, dispatcher.room())
             started = time.perf_counter()
             woken = await wake_due(self.rt, limit=limit, lease=self.rt.lease)
+            metrics.BATCH_SECONDS.labels("worker").observe(time.perf_counter() - started)
             report.claimed += woken.claimed
             report.woken += len(woken.woken)
             report.failed += len(woken.failed)
@@ -224,7 +225,6 @@ class WakeWorker:
             metrics.RUNNERS_LOST.inc(len(owed.orphans))
             metrics.RESUMES.labels("unrestorable").inc(len(owed.unrestorable))
             dispatcher.start(owed.deliveries)
-            metrics.BATCH_SECONDS.labels("worker").observe(time.perf_counter() - started)
             # A full batch may hide more; failures were deferred, so they are not
             # claimed again in this pass and cannot starve it.
             if woken.claimed < limit and not owed.deliveries:

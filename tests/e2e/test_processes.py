@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.engine import create_session_factory
 from app.repositories import SessionRepository
 from tests.e2e.conftest import Proc, base_env, make_due_sleepers
+from tests.integration.helpers import eventually
 
 Spawn = Callable[..., Proc]
 
@@ -187,11 +188,23 @@ async def test_metrics_endpoint_serves_prometheus_text(
     env = worker_env(url, redis_url, key_prefix, tmp_path / "r.txt", WAKE_POLL_INTERVAL="0.2")
     worker = spawn(["worker", "--metrics-port", str(port)], env)
     await wait_until_woken(engine, 5, within=30)
-    body = await asyncio.to_thread(
-        lambda: (
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    body = ""
+
+    async def counted() -> bool:
+        # The rows commit before the process counts them: read until it has.
+        nonlocal body
+        body = await asyncio.to_thread(
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                .read()
+                .decode()
+            )
         )
-    )
-    assert 'agent_wakes_total{reason="due"} 5.0' in body
+        return (
+            'agent_wakes_total{reason="due"} 5.0' in body
+            and 'agent_resumes_total{outcome="acknowledged"} 5.0' in body
+        )
+
+    await eventually(counted, within=30)
     assert "agent_batch_duration_seconds_count" in body
     assert stop(worker) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -36,3 +38,17 @@ async def make_session(
             model_used=model,
             daily_budget_microdollars=budget,
         )
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]], *, within: float = 60.0, every: float = 0.02
+) -> None:
+    """Wait until ``condition()`` holds; AssertionError after ``within`` seconds. The
+    deadline is generous on purpose: it bounds a hang, it does not measure speed."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        if await condition():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition did not hold within {within:g}s")
+        await asyncio.sleep(every)

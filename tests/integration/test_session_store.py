@@ -106,9 +106,7 @@ async def test_an_older_version_never_replaces_a_newer_one(store: RedisSessionSt
 
 async def test_put_many_is_guarded_key_by_key(store: RedisSessionStore) -> None:
     await store.put("a", {"version": 9})
-    written = await store.put_many(
-        {"a": {"version": 8}, "b": {"version": 1}, "c": {"version": 2}}
-    )
+    written = await store.put_many({"a": {"version": 8}, "b": {"version": 1}, "c": {"version": 2}})
     assert written == 2
     assert [await store.version(k) for k in ("a", "b", "c")] == [9, 1, 2]
 

@@ -15,7 +15,6 @@ from app.clock import VirtualClock
 from app.db.models import AgentCheckpoint, AgentSession, BudgetDay
 from app.domain import Decision, SessionStatus
 from app.lifecycle import (
-    STORE_REST_SECONDS,
     RestoredSession,
     Runtime,
     complete_session,
