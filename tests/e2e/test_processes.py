@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_session_factory
 from app.repositories import SessionRepository
+from tests.e2e import hooks
 from tests.e2e.conftest import Proc, base_env, make_due_sleepers
 from tests.integration.helpers import eventually
 
@@ -70,13 +71,12 @@ async def test_two_workers_wake_a_thousand_sessions_exactly_once(
         worker.wait_for_output("listening channel=agent_wake")
     await make_due_sleepers(engine, 1_000)
     await wait_until_woken(engine, 1_000, within=90)
-    await asyncio.sleep(1)  # let the hooks of the last batch finish
-    assert [stop(w) for w in workers] == [0, 0]
-    lines = [line.split() for line in resumes.read_text().splitlines()]
-    per_session = Counter(sid for sid, _ in lines)
+    assert [stop(w) for w in workers] == [0, 0]  # SIGTERM waits for running hooks
+    done = hooks.lines(resumes, "done")
+    per_session = Counter(sid for sid, _, _ in done)
     assert len(per_session) == 1_000
     assert max(per_session.values()) == 1, per_session.most_common(3)
-    per_pid = Counter(pid for _, pid in lines)
+    per_pid = Counter(pid for _, pid, _ in done)
     assert len(per_pid) == 2, f"both workers should share the work: {per_pid}"
     async with engine.connect() as conn:
         versions = (await conn.execute(text("SELECT DISTINCT version FROM agent_sessions"))).all()
@@ -88,9 +88,10 @@ async def test_sigkill_mid_batch_then_restart_leaves_none_stuck(
 ) -> None:
     url, engine = e2e_db
     await make_due_sleepers(engine, 400)
+    resumes = tmp_path / "resumes.txt"
     env = worker_env(
-        url, redis_url, key_prefix, tmp_path / "resumes.txt",
-        E2E_RESUME_DELAY="0.01", WAKE_POLL_INTERVAL="0.5",
+        url, redis_url, key_prefix, resumes,
+        E2E_RESUME_DELAY="0.01", WAKE_POLL_INTERVAL="0.5", RESUME_LEASE_SECONDS="1",
     )  # fmt: skip
     first = spawn(["worker", "--on-resume", "tests.e2e.hooks:record", "--batch-size", "25"], env)
     deadline = time.monotonic() + 60
@@ -115,6 +116,46 @@ async def test_sigkill_mid_batch_then_restart_leaves_none_stuck(
         ).all()
     # One sleep and one wake each: nobody woken twice, nobody left asleep.
     assert rows == [("working", 2, True, 400)]
+    # And every resume reached a hook that returned: those the killed worker held were
+    # delivered again (after their lease) by the second one.
+    async with engine.connect() as conn:
+        owed = await conn.scalar(
+            text("SELECT count(*) FROM agent_sessions WHERE resume_due_at IS NOT NULL")
+        )
+    assert owed == 0
+    assert {sid for sid, _, _ in hooks.lines(resumes, "done")} == {
+        f"e2e-{i:05d}" for i in range(1, 401)
+    }
+
+
+async def test_a_worker_killed_inside_its_hook_is_replaced_with_the_same_token(
+    e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    url, engine = e2e_db
+    await make_due_sleepers(engine, 1)
+    resumes = tmp_path / "resumes.txt"
+    env = worker_env(url, redis_url, key_prefix, resumes, RESUME_LEASE_SECONDS="1")
+    hook = ["--on-resume", "tests.e2e.hooks:record"]
+    first = spawn(["worker", *hook], {**env, "E2E_RESUME_DELAY": "3600"})
+
+    async def inside_the_hook() -> bool:
+        return bool(hooks.lines(resumes, "start"))
+
+    await eventually(inside_the_hook)
+    first.popen.send_signal(signal.SIGKILL)
+    first.popen.wait(10)
+    second = spawn(["worker", *hook], env)
+
+    async def delivered_again() -> bool:
+        return bool(hooks.lines(resumes, "done"))
+
+    await eventually(delivered_again)
+    assert stop(second) == 0
+    (killed,) = hooks.lines(resumes, "start")[:1]
+    (done,) = hooks.lines(resumes, "done")
+    assert done[0] == killed[0] == "e2e-00001"
+    assert done[1] != killed[1]  # another process
+    assert done[2] == killed[2]  # the same wake, so the same token
 
 
 async def test_sigterm_exits_zero_within_the_poll_interval(
