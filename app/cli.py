@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from redis.asyncio import Redis
 from sqlalchemy import func, select
@@ -23,7 +24,16 @@ from app.clock import utc_now
 from app.db.engine import create_engine, create_session_factory, mask_password
 from app.db.migrate import upgrade
 from app.db.models import BudgetDay
-from app.lifecycle import RestoredSession
+from app.domain import InvalidInput, InvalidTransition, SessionNotFound, SessionStatus
+from app.lifecycle import (
+    RestoredSession,
+    Runtime,
+    complete_session,
+    describe,
+    find_sessions,
+    inspect_session,
+    redeliver,
+)
 from app.local_services import LocalServices, local_services
 from app.repositories import SessionRepository
 from app.session_store import RedisSessionStore
@@ -222,6 +232,57 @@ async def print_status(factory: async_sessionmaker[AsyncSession], *, top: int = 
         print(f"  {user:<24} {spent / 1e6:>12.4f} {budget / 1e6:>12.4f} {used:>7}")
 
 
+SESSION_COLUMNS: Final = (
+    ("id", 28), ("status", 15), ("version", 7), ("resume", 6), ("resume_attempts", 8),
+    ("last_seen_at", 32),
+)  # fmt: skip
+
+
+def print_sessions(rows: list[dict[str, Any]]) -> None:
+    """A table for people."""
+    print("  ".join(f"{name:<{width}}" for name, width in SESSION_COLUMNS).rstrip())
+    for row in rows:
+        cells = ("-" if row[name] is None else str(row[name]) for name, _ in SESSION_COLUMNS)
+        print("  ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, SESSION_COLUMNS, strict=True)))
+
+
+async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
+    async with connect(settings, embedded_ok=False) as c:
+        rt = Runtime(c.session_factory, c.store, settings)
+        try:
+            if args.action == "list":
+                found = await find_sessions(
+                    rt, status=args.status, stuck=args.stuck, limit=args.limit
+                )
+                rows = [describe(session) for session in found]
+                if args.json:
+                    print(json.dumps(rows, indent=2))
+                else:
+                    print_sessions(rows)
+            elif args.action == "show":
+                view = await inspect_session(rt, args.id)
+                if args.json:
+                    print(json.dumps(view, indent=2))
+                else:
+                    print_sessions([view["session"]])
+                    for key, value in view["session"].items():
+                        print(f"  {key:<28} {'-' if value is None else value}")
+                    print(f"checkpoint  {view['checkpoint'] or '-'}")
+                    print(f"redis       {view['redis'] or '- (no key)'}")
+            elif args.action == "redeliver":
+                session = await redeliver(rt, args.id)
+                print(json.dumps(describe(session)) if args.json else f"redeliver {args.id}: owed")
+            else:
+                session = await complete_session(rt, args.id)
+                print(
+                    json.dumps(describe(session)) if args.json else f"cancel {args.id}: completed"
+                )
+        except (SessionNotFound, InvalidTransition, InvalidInput) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -252,6 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="sessions by status, sleepers, today's spend")
     status.add_argument("--top", type=int, default=10, help="how many users to list")
 
+    sessions = sub.add_parser("sessions", help="list, inspect, redeliver or cancel sessions")
+    actions = sessions.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="sessions by status, or the stuck ones")
+    listing.add_argument("--status", choices=[s.value for s in SessionStatus])
+    listing.add_argument(
+        "--stuck", action="store_true", help="parked resumes, and resumes owed too long"
+    )
+    listing.add_argument("--limit", type=int, default=50)
+    shown = actions.add_parser("show", help="row, resume state, latest checkpoint, Redis key")
+    shown.add_argument("id")
+    again = actions.add_parser("redeliver", help="owe a working session's resume again")
+    again.add_argument("id")
+    cancel = actions.add_parser("cancel", help="complete a session (terminal)")
+    cancel.add_argument("id")
+    for each in (listing, shown, again, cancel):
+        each.add_argument("--json", action="store_true", help="JSON for scripts")
+
     demo = sub.add_parser("demo", help="a fleet of agents sleeps and wakes over simulated days")
     demo.add_argument("--sessions", type=int, default=12)
     demo.add_argument("--days", type=int, default=3)
@@ -267,6 +345,7 @@ COMMANDS = {
     "daemon": cmd_daemon,
     "run": cmd_run,
     "status": cmd_status,
+    "sessions": cmd_sessions,
     "demo": cmd_demo,
 }
 

@@ -535,6 +535,87 @@ async def redeliver(rt: Runtime, session_id: str) -> AgentSession:
     return found
 
 
+# ------------------------------------------------------------------- operators
+
+
+def describe(session: AgentSession) -> dict[str, Any]:
+    """A session row as plain data, its resume state included (for people and scripts)."""
+    if session.resume_parked_at is not None:
+        resume = "parked"
+    elif session.resume_due_at is not None:
+        resume = "owed"
+    else:
+        resume = "-"
+    return {
+        "id": session.id,
+        "job_id": session.job_id,
+        "clerk_user_id": session.clerk_user_id,
+        "status": session.status,
+        "tier": session.tier,
+        "model": session.model_used,
+        "version": session.version,
+        "wake_at": _iso(session.wake_at),
+        "cumulative_cost_microdollars": session.cumulative_cost_microdollars,
+        "daily_budget_microdollars": session.daily_budget_microdollars,
+        "resume": resume,
+        "resume_token": session.resume_token,
+        "resume_due_at": _iso(session.resume_due_at),
+        "resume_attempts": session.resume_attempts,
+        "resume_parked_at": _iso(session.resume_parked_at),
+        "wake_failures": session.wake_failures,
+        "last_seen_at": _iso(session.last_seen_at),
+        "last_checkpoint_at": _iso(session.last_checkpoint_at),
+        "started_at": _iso(session.started_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+async def find_sessions(
+    rt: Runtime, *, status: SessionStatus | str | None = None, stuck: bool = False, limit: int = 50
+) -> list[AgentSession]:
+    """Sessions for an operator: by status, or the stuck ones (parked, or owed a resume
+    for more than two leases), at most ``limit``."""
+    async with rt.session_factory() as s:
+        if stuck:
+            return await ResumeRepository(s).stuck(overdue=2 * rt.lease, limit=limit)
+        repo = SessionRepository(s)
+        if status is not None:
+            return await repo.list_by_status(status, limit=limit)
+        found: list[AgentSession] = []
+        for each in S:
+            found += await repo.list_by_status(each, limit=limit)
+        return sorted(found, key=lambda row: row.id)[:limit]
+
+
+async def inspect_session(rt: Runtime, session_id: str) -> dict[str, Any]:
+    """Everything an operator needs about one session: the row and its resume state, the
+    latest checkpoint's metadata, and what Redis holds (None: no key; an error string
+    when Redis is down)."""
+    async with rt.session_factory() as s:
+        session = await SessionRepository(s).get(session_id)
+        latest = await rt.checkpoints(s).list(session_id, limit=1)
+    store: dict[str, Any] | str | None
+    try:
+        store = await rt.store.get(session_id, refresh=False)
+    except SessionStoreUnavailable as exc:
+        store = f"unavailable: {exc}"
+    checkpoint = None
+    if latest:
+        info = latest[0]
+        checkpoint = {
+            "iteration": info.iteration_number,
+            "agent_state": info.agent_state,
+            "phase": info.current_phase,
+            "sandbox_id": info.sandbox_id,
+            "messages": info.message_count,
+            "saved_at": info.updated_at.isoformat(),
+        }
+    return {"session": describe(session), "checkpoint": checkpoint, "redis": store}
+
+
 # ---------------------------------------------------------- budget enforcement
 
 
@@ -588,8 +669,11 @@ __all__ = [
     "complete_session",
     "deliver_due",
     "delivery_failed",
+    "describe",
     "enforce_budgets",
+    "find_sessions",
     "heartbeat",
+    "inspect_session",
     "reconcile_store",
     "redeliver",
     "renew_leases",
