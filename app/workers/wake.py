@@ -9,6 +9,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,8 +69,11 @@ class _Dispatcher:
         self.hook = hook
         self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)
+        # Plain-function hooks get threads of their own, as many as there are slots.
+        self.threads = ThreadPoolExecutor(concurrency, thread_name_prefix="resume-hook")
         self._freed = asyncio.Event()
         self.held: dict[str, str] = {}  # session id -> token of deliveries not yet done
+        self.pending = 0  # deliveries whose hook has not finished: running or queued
         self.tasks: set[asyncio.Task[None]] = set()
         self.report = WakeReport()
         self._to_ack: dict[str, str] = {}
@@ -84,11 +88,19 @@ class _Dispatcher:
             ]
         for restored in deliveries:
             self.held[restored.session.id] = restored.resume_token
+            self.pending += 1
             task = asyncio.create_task(self._deliver(restored))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     async def _deliver(self, restored: RestoredSession) -> None:
+        try:
+            await self._run_hook(restored)
+        finally:
+            self.pending -= 1
+            self._freed.set()
+
+    async def _run_hook(self, restored: RestoredSession) -> None:
         async with self.slots:
             self.report.delivered += 1
             metrics.HOOKS_RUNNING.inc()
@@ -98,7 +110,8 @@ class _Dispatcher:
                 else:
                     # A plain function may block: it runs in a thread, so leases are
                     # still renewed and other hooks still run meanwhile.
-                    result = await asyncio.to_thread(self.hook, restored)
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(self.threads, self.hook, restored)
                     if inspect.isawaitable(result):
                         await result
             except Exception as exc:
@@ -137,7 +150,7 @@ class _Dispatcher:
     def room(self) -> int:
         """How many more deliveries to take on now: enough to keep every slot busy,
         without hoarding what another worker could run sooner."""
-        return max(0, 2 * self.concurrency - len(self.held))
+        return max(0, 2 * self.concurrency - self.pending)
 
     async def wait_for_room(self) -> None:
         while not self.room():
@@ -172,6 +185,9 @@ class _Dispatcher:
             task.cancel()
         await asyncio.gather(*self.tasks, *self._background, return_exceptions=True)
         self._background = []
+        # A hook still blocking in its thread is abandoned (delivered again after its
+        # lease); the process does not wait for it.
+        self.threads.shutdown(wait=False, cancel_futures=True)
 
 
 class WakeWorker:
