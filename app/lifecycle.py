@@ -23,6 +23,7 @@ from app.budget import policy
 from app.clock import Clock, utc_now
 from app.db.models import AgentCheckpoint, AgentSession
 from app.domain import (
+    Decision,
     DomainError,
     InvalidTransition,
     SessionNotFound,
@@ -31,7 +32,9 @@ from app.domain import (
     Tier,
 )
 from app.repositories import (
+    WAKE_CHANNEL,
     BudgetRepository,
+    ChargeResult,
     CheckpointRepository,
     ResumeRepository,
     SessionRepository,
@@ -535,6 +538,69 @@ async def redeliver(rt: Runtime, session_id: str) -> AgentSession:
     return found
 
 
+# ---------------------------------------------------------------- what is due
+
+
+async def next_due(rt: Runtime) -> tuple[datetime | None, float | None]:
+    """The earliest sleeper's ``wake_at`` (on the injected clock), and the seconds until
+    the earliest owed resume delivery (on the database clock): two waits, two clocks."""
+    async with rt.session_factory() as s:
+        earliest_wake = await SessionRepository(s).next_wake_at()
+        next_delivery = await ResumeRepository(s).seconds_until_next_delivery()
+    return earliest_wake, next_delivery
+
+
+@dataclass
+class Gauges:
+    """What the daemon publishes: sessions by status, due sleepers, parked resumes."""
+
+    by_status: dict[SessionStatus, int]
+    due: int
+    oldest_due: datetime | None
+    parked: int
+
+
+async def gauges(rt: Runtime, *, now: datetime) -> Gauges:
+    """Counts for the metrics, in one read-only session."""
+    async with rt.session_factory() as s:
+        repo = SessionRepository(s)
+        by_status = await repo.count_by_status()
+        due, oldest = await repo.due_stats(now=now)
+        parked = await ResumeRepository(s).count_parked()
+    return Gauges(by_status, due, oldest, parked)
+
+
+async def charge(
+    rt: Runtime,
+    *,
+    session_id: str,
+    request_id: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    now: datetime | None = None,
+) -> ChargeResult:
+    """Record one LLM call (BDGT-06) in its own transaction. A charge that stops the
+    session (above 110 %) rewrites its Redis key at once."""
+    async with rt.session_factory.begin() as s:
+        result = await BudgetRepository(s, rt.settings).charge(
+            session_id=session_id,
+            request_id=request_id,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            now=now or rt.clock(),
+        )
+        stopped = (
+            await SessionRepository(s).get(session_id)
+            if result.decision is Decision.STOP and not result.duplicate
+            else None
+        )
+    if stopped is not None:
+        await write_key(rt, stopped)
+    return result
+
+
 # ------------------------------------------------------------------- operators
 
 
@@ -660,20 +726,25 @@ async def enforce_budgets(rt: Runtime, *, limit: int) -> EnforcePass:
 
 
 __all__ = [
+    "WAKE_CHANNEL",
     "DeliveryPass",
     "EnforcePass",
+    "Gauges",
     "RestoredSession",
     "Runtime",
     "WakePass",
     "acknowledge",
+    "charge",
     "complete_session",
     "deliver_due",
     "delivery_failed",
     "describe",
     "enforce_budgets",
     "find_sessions",
+    "gauges",
     "heartbeat",
     "inspect_session",
+    "next_due",
     "reconcile_store",
     "redeliver",
     "renew_leases",

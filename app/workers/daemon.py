@@ -13,8 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.budget import policy
 from app.clock import Clock, utc_now
 from app.domain import SessionStatus, SessionStoreUnavailable
-from app.lifecycle import Runtime, enforce_budgets, reconcile_store
-from app.repositories import ResumeRepository, SessionRepository
+from app.lifecycle import Runtime, enforce_budgets, gauges, reconcile_store
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import metrics
@@ -80,11 +79,9 @@ class BudgetDaemon:
 
     async def _gauges(self, report: DaemonReport) -> None:
         now = self.clock()
-        async with self.rt.session_factory() as s:
-            repo = SessionRepository(s)
-            report.by_status = await repo.count_by_status()
-            report.due, oldest = await repo.due_stats(now=now)
-            report.parked = await ResumeRepository(s).count_parked()
+        counted = await gauges(self.rt, now=now)
+        report.by_status, report.due, report.parked = counted.by_status, counted.due, counted.parked
+        oldest = counted.oldest_due
         report.wake_lag_seconds = (now - oldest).total_seconds() if oldest else 0.0
         for status, n in report.by_status.items():
             metrics.SESSIONS.labels(status.value).set(n)

@@ -18,15 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.clock import Clock, utc_now
 from app.lifecycle import (
+    WAKE_CHANNEL,
     RestoredSession,
     Runtime,
     acknowledge,
     deliver_due,
     delivery_failed,
+    next_due,
     renew_leases,
     wake_due,
 )
-from app.repositories import WAKE_CHANNEL, ResumeRepository, SessionRepository
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import metrics
@@ -307,9 +308,7 @@ class WakeWorker:
     async def _idle_delay(self) -> float:
         # Two waits, each on its own clock: sleepers' wake_at is on the injected clock,
         # deliveries' due times on the database's.
-        async with self.rt.session_factory() as s:
-            earliest_wake = await SessionRepository(s).next_wake_at()
-            next_delivery = await ResumeRepository(s).seconds_until_next_delivery()
+        earliest_wake, next_delivery = await next_due(self.rt)
         delay = self.settings.wake_poll_interval
         if earliest_wake is not None:
             delay = min(delay, real_seconds_until(self.clock, earliest_wake) + 0.001)

@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 
 from app.budget import policy
 from app.db.models import AgentCheckpoint, AgentSession
-from app.domain import SessionNotFound, SessionStatus, StaleRunner
+from app.domain import Decision, SessionNotFound, SessionStatus, StaleRunner
 from app.lifecycle import (
     RestoredSession,
     Runtime,
@@ -26,6 +26,7 @@ from app.lifecycle import (
     start_session,
     stop_session,
 )
+from app.lifecycle import charge as lifecycle_charge
 from app.repositories import BudgetRepository, CheckpointRepository, SessionRepository
 from app.session_store import RedisSessionStore
 from app.settings import Settings
@@ -424,3 +425,35 @@ async def test_a_race_of_daemon_and_worker_converges_after_one_more_daemon_tick(
     }
     assert max(pg.values()) > 2  # they really went back and forth
     assert mirrored == pg
+
+
+async def test_a_charge_that_stops_a_session_updates_its_key(
+    rt: Runtime, clock: ManualClock, store: RedisSessionStore, settings: Settings
+) -> None:
+    for sid in ("via-lifecycle", "via-repository"):
+        await start_session(
+            rt, session_id=sid, job_id="j", clerk_user_id=f"u-{sid}", tier="partner"
+        )
+        assert (await store.get(sid) or {}).get("status") == "working"
+    # 10 M Sonnet input tokens cost $30: far above 110 % of a partner's day.
+    # Through lifecycle: at once.
+    stopped = await lifecycle_charge(
+        rt, session_id="via-lifecycle", request_id="r-1", model=SONNET,
+        input_tokens=10_000_000, output_tokens=0, now=clock.now,
+    )  # fmt: skip
+    assert stopped.decision is Decision.STOP
+    key = await store.get("via-lifecycle")
+    assert key is not None
+    assert (key["status"], key["version"]) == (
+        "budget_exceeded",
+        (await row(rt.session_factory, "via-lifecycle")).version,
+    )
+    # Straight through the repository (which never touches Redis): within one daemon tick.
+    async with rt.session_factory.begin() as s:
+        await BudgetRepository(s, settings).charge(
+            session_id="via-repository", request_id="r-2", model=SONNET,
+            input_tokens=10_000_000, output_tokens=0, now=clock.now,
+        )  # fmt: skip
+    assert (await store.get("via-repository") or {}).get("status") == "working"
+    await BudgetDaemon(rt.session_factory, store, settings, clock=clock).run_once()
+    assert (await store.get("via-repository") or {}).get("status") == "budget_exceeded"
