@@ -39,7 +39,8 @@ from app.lifecycle import (
     start_session,
     stop_session,
 )
-from app.repositories import BudgetRepository, ChargeResult
+from app.lifecycle import charge as charge_call
+from app.repositories import ChargeResult
 from app.settings import Settings
 from app.workers import BudgetDaemon, WakeWorker
 
@@ -232,11 +233,10 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
         async def charge(
             request_id: str = request_id, inp: int = inp, out: int = out
         ) -> ChargeResult:
-            async with rt.session_factory.begin() as s:
-                return await BudgetRepository(s, rt.settings).charge(
-                    session_id=session_id, request_id=request_id, model=model,
-                    input_tokens=inp, output_tokens=out, now=fleet.clock(),
-                )  # fmt: skip
+            return await charge_call(
+                rt, session_id=session_id, request_id=request_id, model=model,
+                input_tokens=inp, output_tokens=out, now=fleet.clock(),
+            )  # fmt: skip
 
         result = await charge()
         fleet.fresh_charges += 1
