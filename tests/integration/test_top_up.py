@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from app.cli import UsageError, build_parser, cmd_top_up
 from app.db.models import AgentCheckpoint, BudgetCredit, BudgetDay
 from app.domain import Decision, InvalidInput
 from app.lifecycle import RestoredSession, Runtime, sleep_session, start_session, top_up
@@ -205,3 +206,25 @@ async def test_a_user_without_settings_cannot_top_up_even_with_sessions(
     with pytest.raises(InvalidInput, match="user_settings") as caught:
         await top_up(rt, clerk_user_id="u-9", amount_microdollars=TEN)
     assert caught.value.field == "clerk_user_id"
+
+
+async def test_the_cli_command_tops_up(
+    session_factory: Factory,
+    database_url: str,
+    redis_url: str,
+    key_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await add_user(session_factory, "cli-user")
+    settings = Settings(
+        _env_file=None, database_url=database_url, redis_url=redis_url, redis_prefix=key_prefix
+    )
+    args = build_parser().parse_args(["top-up", "cli-user", "2.50"])
+    assert await cmd_top_up(settings, args) == 0
+    assert "topped up cli-user by $2.50" in capsys.readouterr().out
+    async with session_factory() as s:
+        amounts = list(await s.scalars(select(BudgetCredit.amount_microdollars)))
+    assert amounts == [2_500_000]
+    unknown = build_parser().parse_args(["top-up", "nobody", "1"])
+    with pytest.raises(UsageError, match="user_settings"):
+        await cmd_top_up(settings, unknown)
