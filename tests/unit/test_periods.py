@@ -19,6 +19,8 @@ from app.budget.policy import (
     next_budget_day_start,
     period_containing,
 )
+from app.clock import VirtualClock
+from app.db.models import UserSettings
 from app.domain import Decision, InvalidInput
 
 HUNDRED = 100_000_000  # partner: $100 a period
@@ -196,3 +198,17 @@ def test_daily_budgets_never_exceed_what_is_left(
 @given(st.dates(min_value=date(2000, 1, 1), max_value=date(2090, 12, 31)), st.integers(-24, 24))
 def test_anniversaries_increase_month_by_month(anchor: date, months: int) -> None:
     assert anniversary(anchor, months) < anniversary(anchor, months + 1)
+
+
+def test_a_naive_renewal_date_or_clock_start_is_refused() -> None:
+    naive = datetime(2026, 12, 6, 9, 0)
+    with pytest.raises(InvalidInput) as caught:
+        UserSettings(clerk_user_id="u", tier="partner", subscription_renewal_date=naive)
+    assert caught.value.field == "subscription_renewal_date"
+    with pytest.raises(InvalidInput):
+        VirtualClock(naive)
+    aware_renewal = naive.replace(tzinfo=UTC)
+    settings = UserSettings(
+        clerk_user_id="u", tier="partner", subscription_renewal_date=aware_renewal
+    )
+    assert settings.subscription_renewal_date == aware_renewal
