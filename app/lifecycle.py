@@ -186,9 +186,14 @@ async def sleep_session(
         repo = SessionRepository(s)
         budgets = BudgetRepository(s, rt.settings)
         decided_on = await budgets.last_charge_day(checkpoint.session_id) or today
-        if decided_on < today and await _new_day_has_budget(budgets, repo, checkpoint, today):
+        carry_on = (
+            await _carry_on_into(budgets, repo, checkpoint.session_id, today)
+            if decided_on < today
+            else None
+        )
+        if carry_on is not None:
+            session = carry_on
             stored = await rt.checkpoints(s).save(replace_state(checkpoint, S.WORKING))
-            session = await repo.get(checkpoint.session_id)
             reason = f"decided on {decided_on}, {today} has budget left: keeps working"
         else:
             stored = await rt.checkpoints(s).save(replace_state(checkpoint, S.SLEEPING))
@@ -213,16 +218,19 @@ async def sleep_session(
     return session
 
 
-async def _new_day_has_budget(
-    budgets: BudgetRepository, repo: SessionRepository, checkpoint: AgentCheckpoint, today: date
-) -> bool:
-    """Whether a working session's user has budget left on ``today`` (making its row)."""
-    session = await repo.get(checkpoint.session_id)
+async def _carry_on_into(
+    budgets: BudgetRepository, repo: SessionRepository, session_id: str, today: date
+) -> AgentSession | None:
+    """If the working session's user has budget left on ``today``, record today's budget on
+    the session (a guarded UPDATE) and return it; otherwise None: it should sleep."""
+    session = await repo.get(session_id)
     if session.status != S.WORKING:
-        return False
+        return None
     budget = await budgets.daily_budget(session.clerk_user_id, today, tier=session.tier)
     spent = await budgets.spent(session.clerk_user_id, today)
-    return policy.decide(spent, budget) in (Decision.CONTINUE, Decision.WIND_DOWN)
+    if policy.decide(spent, budget) not in (Decision.CONTINUE, Decision.WIND_DOWN):
+        return None
+    return await repo.set_working_budget(session_id, budget)
 
 
 async def wake_many(

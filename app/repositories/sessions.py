@@ -238,6 +238,23 @@ class SessionRepository:
         result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
         return list(result)
 
+    async def set_working_budget(
+        self, session_id: str, daily_budget_microdollars: int
+    ) -> AgentSession | None:
+        """Record a new day's budget on a ``working`` session (one guarded UPDATE, no
+        transition); None if the session is not working any more."""
+        require_text(session_id, "session_id")
+        budget = require_money(daily_budget_microdollars, "daily_budget_microdollars")
+        stmt = (
+            update(AgentSession)
+            .where(_columns.id == session_id, _columns.status == SessionStatus.WORKING.value)
+            .values(daily_budget_microdollars=budget)
+            .returning(AgentSession)
+        )
+        with translate_errors(session_id=session_id):
+            result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        return result.one_or_none()
+
     async def claim_due_for_wake(
         self, *, now: datetime, limit: int = 100, exclude: Collection[str] = ()
     ) -> list[AgentSession]:

@@ -63,18 +63,23 @@ async def _start(rt: Runtime, *ids: str, user: str = "u-1") -> None:
 # ------------------------------------------------------------------------ finding 5
 
 
-@pytest.mark.parametrize(("spend", "decision"), [(950_000, "wind_down"), (1_000_000, "sleep")])
+@pytest.mark.parametrize(("percent", "decision"), [(95, "wind_down"), (100, "sleep")])
 async def test_a_turn_that_crosses_midnight_does_not_cost_the_new_day(
-    rt: Runtime, clock: ManualClock, session_factory: Factory, spend: int, decision: str
+    rt: Runtime, clock: ManualClock, session_factory: Factory, percent: int, decision: str
 ) -> None:
     """``wind_down`` (or ``sleep``) at 23:59:50, ``sleep_session`` at 00:00:20: the new
-    day has its whole budget, so the session keeps working on it."""
+    day has its whole budget, so the session keeps working on it. (The renewal falls on
+    the new day here, so the two days' budgets differ: $30 for the old period's last
+    day, $1 for the first of 30.)"""
+    await add_user(session_factory, renewal=MIDNIGHT)
     await _start(rt, "s-1")
     clock.now = MIDNIGHT - timedelta(seconds=10)
-    assert (await charge(rt, "s-1", "r-1", spend)).decision == decision
+    old_budget = 30 * BUDGET
+    assert (await charge(rt, "s-1", "r-1", old_budget * percent // 100)).decision == decision
     clock.now = MIDNIGHT + timedelta(seconds=20)
     session = await sleep_session(rt, checkpoint("s-1", 7))
     assert (session.status, session.wake_at) == ("working", None)
+    assert session.daily_budget_microdollars == BUDGET  # the new day's
     assert await statuses(session_factory) == {"s-1": "working"}
     assert await day_row(session_factory, "u-1", NEW_DAY) == (0, BUDGET)
     async with session_factory() as s:
