@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, func, literal, select
 
 from app.budget import policy
 from app.db.models import AgentCheckpoint, AgentSession
 from app.domain import Decision, InvalidInput
 from app.lifecycle import Runtime, sleep_session, start_session, top_up
+from app.repositories.budget_rules import stops
 from app.session_store import RedisSessionStore
 from app.settings import ModelPrice, Settings
 from app.workers import BudgetDaemon, WakeWorker
@@ -231,3 +232,29 @@ async def test_a_naive_clock_is_refused(
         await start_session(rt, session_id="s-1", job_id="j", clerk_user_id="u", tier="partner")
     assert await statuses(session_factory) == {}
     assert policy.budget_day(MIDNIGHT) == NEW_DAY
+
+
+@pytest.mark.parametrize(
+    ("spent", "budget"),
+    [
+        (0, 0),
+        (5, 0),
+        (11_000, 10_000),
+        (11_001, 10_000),
+        (2**63 - 1, 2**63 - 1),
+        (2**63 - 1, (2**63 - 1) // 30),
+        (2**62 // 100 * 110, 2**62 // 100 * 100),  # exactly 110 %: sleep
+        (2**62 // 100 * 110 + 1, 2**62 // 100 * 100),  # a hair above: stop
+        (1, 2**63 - 1),
+    ],
+)
+async def test_the_sql_stop_rule_agrees_with_decide_up_to_bigint_max(
+    session_factory: Factory, spent: int, budget: int
+) -> None:
+    """ "Above 110 %" is one Python function and one SQL expression; they agree on every
+    BIGINT, where ``budget * 110`` in BIGINT arithmetic would overflow."""
+    async with session_factory() as s:
+        in_sql = await s.scalar(
+            select(stops(literal(spent, BigInteger()), literal(budget, BigInteger())))
+        )
+    assert in_sql is (policy.decide(spent, budget) is Decision.STOP)
