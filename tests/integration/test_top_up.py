@@ -228,3 +228,35 @@ async def test_the_cli_command_tops_up(
     unknown = build_parser().parse_args(["top-up", "nobody", "1"])
     with pytest.raises(UsageError, match="user_settings"):
         await cmd_top_up(settings, unknown)
+
+
+async def test_concurrent_top_ups_and_first_charges_count_every_dollar_once(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    """Ten $1 top-ups race eight first charges of the day: one row, every credit added
+    to it exactly once, every charge booked."""
+    await add_user(session_factory, renewal=RENEWAL)
+    for i in range(8):
+        await start_session(
+            rt, session_id=f"s-{i}", job_id="j", clerk_user_id="u-1", tier="partner"
+        )
+    async with session_factory.begin() as s:  # start_session made today's row: drop it
+        await s.execute(BudgetDay.__table__.delete())
+    gate = asyncio.Event()
+
+    async def one_top_up() -> None:
+        await gate.wait()
+        await top_up(rt, clerk_user_id="u-1", amount_microdollars=1_000_000)
+
+    async def one_charge(i: int) -> None:
+        await gate.wait()
+        await charge(rt, f"s-{i}", f"r-{i}", 1_000)
+
+    tasks = [asyncio.create_task(one_top_up()) for _ in range(10)]
+    tasks += [asyncio.create_task(one_charge(i)) for i in range(8)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert await day_row(session_factory, "u-1", TODAY) == (8_000, TEN + 10_000_000)
+    async with session_factory() as s:
+        assert await s.scalar(select(func.count()).select_from(BudgetCredit)) == 10
