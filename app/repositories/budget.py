@@ -332,8 +332,8 @@ class BudgetRepository:
     ) -> int:
         """The user's budget for ``day``, creating the day's row if it is missing.
 
-        The amount is fixed when the row is created; later changes to the settings
-        apply from the next day on.
+        The amount is fixed when the row is created (only a top-up raises it); later
+        changes to the settings apply from the next day on.
         """
         require_text(clerk_user_id, "clerk_user_id")
         if not isinstance(day, date) or isinstance(day, datetime):
