@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from app.cli import UsageError, build_parser, cmd_top_up
 from app.db.models import AgentCheckpoint, BudgetCredit, BudgetDay
@@ -241,7 +241,7 @@ async def test_concurrent_top_ups_and_first_charges_count_every_dollar_once(
             rt, session_id=f"s-{i}", job_id="j", clerk_user_id="u-1", tier="partner"
         )
     async with session_factory.begin() as s:  # start_session made today's row: drop it
-        await s.execute(BudgetDay.__table__.delete())
+        await s.execute(delete(BudgetDay))
     gate = asyncio.Event()
 
     async def one_top_up() -> None:

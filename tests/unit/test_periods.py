@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -101,10 +102,10 @@ def test_renewal_long_past_needs_no_special_case() -> None:
         lambda: next_budget_day_start(datetime(2026, 11, 26, 23, 0)),
     ],
 )
-def test_naive_times_are_refused(call: object) -> None:
+def test_naive_times_are_refused(call: Callable[[], object]) -> None:
     """Finding 8: a naive time would be read in the machine's zone; it is refused."""
     with pytest.raises(InvalidInput) as caught:
-        call()  # type: ignore[operator]
+        call()
     assert caught.value.field == "now"
 
 
