@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from app.budget.policy import (
     MAX_MICRODOLLARS,
@@ -22,7 +23,8 @@ from app.budget.policy import (
 )
 from app.clock import VirtualClock
 from app.db.models import UserSettings
-from app.domain import Decision, InvalidInput
+from app.domain import Decision, InvalidInput, Tier
+from app.settings import Settings
 
 HUNDRED = 100_000_000  # partner: $100 a period
 
@@ -213,3 +215,14 @@ def test_a_naive_renewal_date_or_clock_start_is_refused() -> None:
         clerk_user_id="u", tier="partner", subscription_renewal_date=aware_renewal
     )
     assert settings.subscription_renewal_date == aware_renewal
+
+
+def test_allowances_beyond_bigint_are_refused_at_start_up() -> None:
+    assert (
+        Settings(_env_file=None, tier_allowance_partner=MAX_MICRODOLLARS).allowance_for(
+            Tier.PARTNER
+        )
+        == MAX_MICRODOLLARS
+    )
+    with pytest.raises(ValidationError, match="tier_allowance_partner"):
+        Settings(_env_file=None, tier_allowance_partner=MAX_MICRODOLLARS + 1)
