@@ -156,13 +156,13 @@ async def rest(
     while True:
         if not stop:
             slept_at = fleet.clock()
-            try:
-                sleeping = await sleep_session(rt, snapshot(), now=slept_at)
-            except InvalidTransition as exc:
-                if exc.current is not SessionStatus.BUDGET_EXCEEDED:
-                    raise
-                stop = True
+            sleeping = await sleep_session(rt, snapshot(), now=slept_at)
+            if sleeping.status == SessionStatus.BUDGET_EXCEEDED:
+                stop = True  # a charge or the daemon stopped it first
                 continue
+            if sleeping.status == SessionStatus.WORKING:
+                # The turn crossed midnight and the new day has budget: carry on.
+                return RestoredSession(sleeping, snapshot())
             assert sleeping.wake_at is not None
             record = SleepRecord(
                 session_id, slept_at, sleeping.wake_at, list(snapshot().message_history)

@@ -66,6 +66,8 @@ class BudgetDaemon:
         today = policy.budget_day(now)
         changed: list[AgentSession] = []
         while True:
+            if policy.budget_day(self.clock()) != today:
+                break  # the day ended during the pass: never act on it (the next tick won't)
             async with self.rt.session_factory.begin() as s:
                 repo = SessionRepository(s)
                 stopped = await repo.stop_over_budget(day=today, limit=self.batch_size)
