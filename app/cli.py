@@ -1,4 +1,4 @@
-"""Command line: ``python -m app migrate | worker | daemon | run | status | demo``."""
+"""Command line: ``python -m app migrate | worker | daemon | run | status | top-up | demo``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Protocol
 
 from redis.asyncio import Redis
@@ -33,6 +34,7 @@ from app.lifecycle import (
     find_sessions,
     inspect_session,
     redeliver,
+    top_up,
 )
 from app.local_services import LocalServices, local_services
 from app.repositories import SessionRepository
@@ -283,6 +285,41 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_usd(text: str) -> int:
+    """``"12.50"`` -> 12_500_000 microdollars: a positive amount, exact to the microdollar."""
+    try:
+        usd = Decimal(text.strip().removeprefix("$"))
+    except InvalidOperation:
+        raise UsageError(f"AMOUNT_USD must be a number of dollars, got {text!r}") from None
+    micro = usd * 1_000_000
+    if not usd.is_finite() or micro != micro.to_integral_value():
+        raise UsageError(f"AMOUNT_USD must be exact to the microdollar, got {text!r}")
+    if micro <= 0:
+        raise UsageError(f"AMOUNT_USD must be positive, got {text!r}")
+    return int(micro)
+
+
+def format_usd(microdollars: int) -> str:
+    """12_500_000 -> ``$12.50``; sub-cent amounts keep their digits (``$0.000001``)."""
+    whole, fraction = divmod(microdollars, 1_000_000)
+    return f"${whole:,}." + f"{fraction:06d}".rstrip("0").ljust(2, "0")
+
+
+async def cmd_top_up(settings: Settings, args: argparse.Namespace) -> int:
+    amount = parse_usd(args.amount_usd)
+    async with connect(settings, embedded_ok=False) as c:
+        rt = Runtime(c.session_factory, c.store, settings)
+        try:
+            changed = await top_up(rt, clerk_user_id=args.user_id, amount_microdollars=amount)
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from exc
+    print(
+        f"topped up {args.user_id} by {format_usd(amount)}"
+        f" ({amount} µ$): {changed} session(s) made due or resumed"
+    )
+    return 0
+
+
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -329,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id")
     for each in (listing, shown, again, cancel):
         each.add_argument("--json", action="store_true", help="JSON for scripts")
+    topup = sub.add_parser("top-up", help="add money to a user's budget now (wakes sessions)")
+    topup.add_argument("user_id", metavar="USER_ID", help="the user's clerk_user_id")
+    topup.add_argument("amount_usd", metavar="AMOUNT_USD", help="dollars, e.g. 10 or 2.50")
 
     demo = sub.add_parser("demo", help="a fleet of agents sleeps and wakes over simulated days")
     demo.add_argument("--sessions", type=int, default=12)
@@ -346,6 +386,7 @@ COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
     "sessions": cmd_sessions,
+    "top-up": cmd_top_up,
     "demo": cmd_demo,
 }
 

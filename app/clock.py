@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from app.domain import InvalidInput
+
 #: What workers and lifecycle functions take: a callable returning an aware datetime.
 Clock = Callable[[], datetime]
 
@@ -22,8 +24,8 @@ class VirtualClock:
     """
 
     def __init__(self, start: datetime, *, speed: float = 1.0) -> None:
-        if start.tzinfo is None:
-            raise ValueError("start must be timezone-aware")
+        if start.tzinfo is None or start.utcoffset() is None:
+            raise InvalidInput(f"start must be timezone-aware, got naive {start}", field="start")
         self._origin = start
         self._real_origin = time.monotonic()
         self._offset = timedelta(0)

@@ -161,6 +161,9 @@ async def rest(
             if sleeping.status == SessionStatus.BUDGET_EXCEEDED:
                 stop = True  # a charge or the daemon stopped it first; the turn is saved
                 continue
+            if sleeping.status == SessionStatus.WORKING:
+                # The turn crossed midnight and the new day has budget: carry on.
+                return RestoredSession.of(sleeping, snapshot())
             assert sleeping.wake_at is not None
             record = SleepRecord(
                 session_id, slept_at, sleeping.wake_at, list(snapshot().message_history)

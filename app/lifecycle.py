@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -41,7 +41,7 @@ from app.repositories import (
 )
 from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
 from app.settings import Settings
-from app.validation import parse_enum, require_text
+from app.validation import parse_enum, require_int, require_text
 
 log = logging.getLogger("app.lifecycle")
 
@@ -247,29 +247,68 @@ async def sleep_session(
 ) -> AgentSession:
     """Checkpoint (``agent_state="sleeping"``) and sleep until the next 00:00 UTC (BDGT-02).
 
-    If the session is no longer working (the daemon put it to sleep, or a charge or the
-    daemon stopped it, or it was completed), the checkpoint is still saved and the
-    session is returned as it is: the last turn is never lost.
+    The decision to sleep belongs to the budget day of the session's last charge. If
+    that day has ended (a turn that crossed midnight), the new day decides: with budget
+    left the session keeps working and is returned ``working``; only if the new day is
+    spent too does it sleep, until the midnight after. If the budget daemon put the
+    session to sleep first, or it is already ``budget_exceeded`` or ``completed``, the
+    checkpoint is still saved and the session returned as it is.
     """
-    cp = replace(checkpoint, agent_state=S.SLEEPING.value)
-    wake_at = policy.next_budget_day_start(now or rt.clock())
+    moment = rt.clock() if now is None else now
+    today = policy.budget_day(moment)  # InvalidInput for a naive time
     async with rt.session_factory.begin() as s:
-        stored = await rt.checkpoints(s).save(cp, resume_token=resume_token)
         repo = SessionRepository(s)
-        try:
-            session = await repo.transition(
-                cp.session_id, S.SLEEPING, expected=S.WORKING, wake_at=wake_at
+        budgets = BudgetRepository(s, rt.settings)
+        decided_on = await budgets.last_charge_day(checkpoint.session_id) or today
+        carry_on = (
+            await _carry_on_into(budgets, repo, checkpoint.session_id, today)
+            if decided_on < today
+            else None
+        )
+        if carry_on is not None:
+            session = carry_on
+            stored = await rt.checkpoints(s).save(
+                replace(checkpoint, agent_state=S.WORKING.value), resume_token=resume_token
             )
-        except InvalidTransition as exc:
-            session = await repo.get(cp.session_id)
-            reason = f"already {exc.current}"
+            reason = f"decided on {decided_on}, {today} has budget left: keeps working"
+        else:
+            stored = await rt.checkpoints(s).save(
+                replace(checkpoint, agent_state=S.SLEEPING.value), resume_token=resume_token
+            )
+            wake_at = policy.next_budget_day_start(
+                max(moment, policy.day_start(max(decided_on, today)))
+            )
+            try:
+                session = await repo.transition(
+                    checkpoint.session_id, S.SLEEPING, expected=S.WORKING, wake_at=wake_at
+                )
+            except InvalidTransition as exc:
+                if exc.current is S.WORKING:
+                    raise
+                session = await repo.get(checkpoint.session_id)
+                reason = f"already {exc.current}"
     log.info(
-        "sleep session=%s reason=%r wake_at=%s iteration=%d",
-        session.id, reason, session.wake_at.isoformat() if session.wake_at else None,
-        stored.iteration_number,
+        "sleep session=%s reason=%r status=%s wake_at=%s iteration=%d",
+        session.id, reason, session.status,
+        session.wake_at.isoformat() if session.wake_at else None, stored.iteration_number,
     )  # fmt: skip
     await write_key(rt, session, stored)
     return session
+
+
+async def _carry_on_into(
+    budgets: BudgetRepository, repo: SessionRepository, session_id: str, today: date
+) -> AgentSession | None:
+    """If the working session's user has budget left on ``today``, record today's budget on
+    the session (a guarded UPDATE) and return it; otherwise None: it should sleep."""
+    session = await repo.get(session_id)
+    if session.status != S.WORKING:
+        return None
+    budget = await budgets.daily_budget(session.clerk_user_id, today, tier=session.tier)
+    spent = await budgets.spent(session.clerk_user_id, today)
+    if policy.decide(spent, budget) not in (Decision.CONTINUE, Decision.WIND_DOWN):
+        return None
+    return await repo.set_working_budget(session_id, budget)
 
 
 async def stop_session(
@@ -433,6 +472,49 @@ async def resume_session(
     log_wake(restored, reason)
     await write_key(rt, session, checkpoint)
     return restored
+
+
+async def top_up(
+    rt: Runtime,
+    *,
+    clerk_user_id: str,
+    amount_microdollars: int,
+    now: datetime | None = None,
+) -> int:
+    """A user bought ``amount_microdollars``: it takes effect at once (DESIGN.md §6b).
+
+    In one transaction the credit raises today's budget and the period's allowance,
+    the user's sleeping sessions become due now (``NOTIFY``: a worker wakes them), and
+    their ``budget_exceeded`` sessions resume if today is back under 100 % (each with a
+    new token and a resume owed, which a worker delivers). Returns
+    how many sessions it made due or resumed. ``InvalidInput`` (nothing written) for
+    an amount that is not a positive integer or a user without ``user_settings``.
+    """
+    require_text(clerk_user_id, "clerk_user_id")
+    require_int(amount_microdollars, "amount_microdollars", minimum=1)
+    moment = rt.clock() if now is None else now
+    today = policy.budget_day(moment)  # InvalidInput for a naive time
+    async with rt.session_factory.begin() as s:
+        spent, budget = await BudgetRepository(s, rt.settings).top_up(
+            clerk_user_id, amount_microdollars, now=moment
+        )
+        repo = SessionRepository(s)
+        woken = await repo.request_wake(clerk_user_id=clerk_user_id, now=moment)
+        resumed = await repo.resume_within_budget(clerk_user_id=clerk_user_id, day=today)
+        if resumed:
+            await repo.notify_workers()  # each resumed session is owed a delivery
+        latest: dict[str, CheckpointMeta | None] = {}
+        for row in resumed:
+            found = await rt.checkpoints(s).list(row.id, limit=1)
+            latest[row.id] = found[0] if found else None
+    log.info(
+        "top_up user=%s amount=%d day=%s spent=%d budget=%d woken=%d resumed=%s",
+        clerk_user_id, amount_microdollars, today, spent, budget, woken,
+        ",".join(row.id for row in resumed) or "-",
+    )  # fmt: skip
+    if resumed:
+        await write_keys(rt, [(row, latest[row.id]) for row in resumed])
+    return woken + len(resumed)
 
 
 def log_wake(restored: RestoredSession, reason: str) -> None:
@@ -701,6 +783,8 @@ async def enforce_budgets(rt: Runtime, *, limit: int) -> EnforcePass:
     today = policy.budget_day(now)
     result = EnforcePass()
     while True:
+        if policy.budget_day(rt.clock()) != today:
+            break  # the day ended during the pass: never act on it (the next tick won't)
         async with rt.session_factory.begin() as s:
             repo = SessionRepository(s)
             stopped = await repo.stop_over_budget(day=today, limit=limit)
@@ -753,6 +837,7 @@ __all__ = [
     "sleep_session",
     "start_session",
     "stop_session",
+    "top_up",
     "wake_due",
     "wake_session",
     "write_key",

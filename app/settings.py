@@ -37,7 +37,8 @@ def default_prices() -> dict[str, ModelPrice]:
     }
 
 
-Microdollars = Annotated[int, Field(ge=0)]
+#: Money that fits PostgreSQL's BIGINT, where budgets are stored.
+Microdollars = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class Settings(BaseSettings):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import calendar
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Final
+from typing import Final, NamedTuple
 
-from app.domain import Decision
+from app.domain import Decision, InvalidInput
 
 #: Days a period is divided into when the subscription's renewal date is unknown.
 DEFAULT_PERIOD_DAYS: Final = 30
+#: The largest amount of money PostgreSQL's BIGINT holds; budgets saturate here.
+MAX_MICRODOLLARS: Final = 2**63 - 1
 
 # Decision thresholds in percent of the day's budget.
 WIND_DOWN_AT: Final = 90
@@ -17,14 +19,28 @@ SLEEP_AT: Final = 100
 STOP_ABOVE: Final = 110
 
 
+def aware(moment: datetime, field: str = "now") -> datetime:
+    """``moment`` if it is timezone-aware; a naive time is ambiguous and refused."""
+    if not isinstance(moment, datetime):
+        raise InvalidInput(f"{field} must be a datetime, not {type(moment).__name__}", field=field)
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidInput(f"{field} must be timezone-aware, got naive {moment}", field=field)
+    return moment
+
+
 def budget_day(moment: datetime) -> date:
     """The UTC calendar date ``moment`` falls on: the budget day it is charged to."""
-    return moment.astimezone(UTC).date()
+    return aware(moment).astimezone(UTC).date()
+
+
+def day_start(day: date) -> datetime:
+    """00:00 UTC of ``day``."""
+    return datetime.combine(day, time(0), tzinfo=UTC)
 
 
 def next_budget_day_start(moment: datetime) -> datetime:
     """The first 00:00 UTC strictly after ``moment``: when a sleeper wakes."""
-    return datetime.combine(budget_day(moment) + timedelta(days=1), time(0), tzinfo=UTC)
+    return day_start(budget_day(moment) + timedelta(days=1))
 
 
 def _as_date(value: datetime | date) -> date:
@@ -39,32 +55,52 @@ def add_months(day: date, months: int) -> date:
     return date(year, month + 1, min(day.day, last))
 
 
-def effective_renewal(today: date, renewal: datetime | date) -> date:
-    """The renewal date, rolled forward a month at a time if it is already past.
+class Period(NamedTuple):
+    """A billing period: ``start`` is an anniversary of the renewal date, ``end`` the next
+    one (exclusive), so ``end`` is the day the following period begins."""
 
-    A billing system that has not yet written the next renewal date must not turn
-    the rest of the allowance into a single day's budget.
+    start: date
+    end: date
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days
+
+
+def anniversary(renewal: datetime | date, months: int) -> date:
+    """The renewal date moved by ``months`` whole months, clamped to the month's end.
+
+    Always counted from the stored date itself, so an anchor of Jan 31 gives Feb 28
+    and then Mar 31: the period start never drifts after a short month.
     """
+    return add_months(_as_date(renewal), months)
+
+
+def period_containing(day: date, renewal: datetime | date) -> Period:
+    """The billing period holding ``day``: from the latest anniversary on or before it up
+    to, not including, the next one. The renewal day opens a new period, and a renewal
+    date in the past or far ahead needs no special case."""
     anchor = _as_date(renewal)
-    months = 0
-    due = anchor
-    while due < today:
-        months += 1
-        due = add_months(anchor, months)
-    return due
+    # The anniversary in day's own month; one month earlier if it falls after ``day``.
+    months = (day.year * 12 + day.month) - (anchor.year * 12 + anchor.month)
+    start = add_months(anchor, months)
+    if start > day:
+        months -= 1
+        start = add_months(anchor, months)
+    return Period(start, add_months(anchor, months + 1))
 
 
-def days_until_renewal(today: date, renewal: datetime | date | None) -> int:
-    """Days the remaining budget is spread over: at least 1, and 30 when unknown."""
+def days_until_renewal(day: date, renewal: datetime | date | None) -> int:
+    """Days the remaining budget is spread over: from ``day`` to the next anniversary after
+    it (at least 1; the whole period on the renewal day), or 30 when renewal is unknown."""
     if renewal is None:
         return DEFAULT_PERIOD_DAYS
-    return max(1, (effective_renewal(today, renewal) - today).days)
+    return (period_containing(day, renewal).end - day).days
 
 
-def period_start(renewal: datetime | date, today: date | None = None) -> date:
-    """First day of the billing period ending at ``renewal``: one calendar month before it."""
-    due = effective_renewal(today, renewal) if today is not None else _as_date(renewal)
-    return add_months(due, -1)
+def period_start(day: date, renewal: datetime | date) -> date:
+    """First day of the billing period that holds ``day``."""
+    return period_containing(day, renewal).start
 
 
 def daily_budget(allowance: int, spent_in_period: int, days_left: int) -> int:

@@ -9,7 +9,6 @@ from typing import Any, Final, cast
 
 from sqlalchemy import (
     BigInteger,
-    ColumnElement,
     Date,
     Integer,
     Select,
@@ -28,8 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.budget import policy
 from app.budget.pricing import MAX_TOKENS_PER_CALL, cost_microdollars
-from app.db.models import AgentCostEvent, AgentSession, BudgetDay, UserSettings
+from app.db.models import AgentCostEvent, AgentSession, BudgetCredit, BudgetDay, UserSettings
 from app.domain import Decision, InvalidInput, SessionNotFound, SessionStatus, Tier
+from app.repositories.budget_rules import saturating_add, stops
 from app.repositories.errors import translate_errors
 from app.settings import Settings
 from app.validation import (
@@ -47,6 +47,7 @@ _ev = AgentCostEvent.__table__.c
 _day = BudgetDay.__table__.c
 _ses = AgentSession.__table__.c
 _us = UserSettings.__table__.c
+_credit = BudgetCredit.__table__.c
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +59,6 @@ class ChargeResult:
     budget_microdollars: int
     decision: Decision
     duplicate: bool
-
-
-def _stops(spent: ColumnElement[int], budget: ColumnElement[int]) -> ColumnElement[bool]:
-    """SQL twin of ``policy.decide(...) is STOP``: above 110 % of a non-zero budget."""
-    return and_(budget > 0, spent * 100 > budget * policy.STOP_ABOVE)
 
 
 def _build_charge_statement() -> Select[Any]:
@@ -118,7 +114,7 @@ def _build_charge_statement() -> Select[Any]:
     )
     spent = select(spend.c.spent_microdollars).scalar_subquery()
     budget = select(spend.c.budget_microdollars).scalar_subquery()
-    stop = and_(_ses.status == SessionStatus.WORKING.value, _stops(spent, budget))
+    stop = and_(_ses.status == SessionStatus.WORKING.value, stops(spent, budget))
     session_update = (
         update(_SESSIONS)
         .where(_ses.id == owner.c.id, exists(select(spend.c.spent_microdollars)))
@@ -291,16 +287,31 @@ class BudgetRepository:
             allowance = self.settings.allowance_for(tier)
         renewal = settings_row.subscription_renewal_date
         if renewal is None:
+            # No period to spread over: 30 days of the allowance; a top-up raised only
+            # the day it was bought on (DESIGN.md §6b).
             return policy.daily_budget(allowance, 0, policy.DEFAULT_PERIOD_DAYS)
-        start = policy.period_start(renewal, day)
-        spent_before = await self.session.scalar(
-            select(func.coalesce(func.sum(_day.spent_microdollars), 0)).where(
-                _day.clerk_user_id == user, _day.day >= start, _day.day < day
+        start = policy.period_start(day, renewal)
+        # Spend and credits of the period before ``day``: a credit bought on ``day`` was
+        # added to the day's row by the top-up itself, which creates the row first.
+        spent_before = (
+            select(func.coalesce(func.sum(_day.spent_microdollars), 0))
+            .where(_day.clerk_user_id == user, _day.day >= start, _day.day < day)
+            .scalar_subquery()
+        )
+        credits = (
+            select(func.coalesce(func.sum(_credit.amount_microdollars), 0))
+            .where(
+                _credit.clerk_user_id == user,
+                _credit.budget_day >= start,
+                _credit.budget_day < day,
             )
+            .scalar_subquery()
         )
-        return policy.daily_budget(
-            allowance, int(spent_before or 0), policy.days_until_renewal(day, renewal)
+        spent, bought = (await self.session.execute(select(spent_before, credits))).one()
+        budget = policy.daily_budget(
+            allowance + int(bought), int(spent), policy.days_until_renewal(day, renewal)
         )
+        return min(budget, policy.MAX_MICRODOLLARS)
 
     async def _latest_session_tier(self, user: str) -> Tier:
         tier = await self.session.scalar(
@@ -321,8 +332,8 @@ class BudgetRepository:
     ) -> int:
         """The user's budget for ``day``, creating the day's row if it is missing.
 
-        The amount is fixed when the row is created; later changes to the settings
-        apply from the next day on.
+        The amount is fixed when the row is created (only a top-up raises it); later
+        changes to the settings apply from the next day on.
         """
         require_text(clerk_user_id, "clerk_user_id")
         if not isinstance(day, date) or isinstance(day, datetime):
@@ -362,6 +373,58 @@ class BudgetRepository:
             if user not in found:
                 found[user] = await self.daily_budget(user, day, tier=tiers[user])
         return {user: int(found[user]) for user in users}
+
+    async def top_up(
+        self, clerk_user_id: str, amount_microdollars: int, *, now: datetime
+    ) -> tuple[int, int]:
+        """Book a top-up bought at ``now``; returns the day's ``(spent, budget)`` after it.
+
+        The day's row is made first if missing, computed without the top-up, and then
+        raised by the whole amount, so the money is never counted twice; the credit also
+        raises the period's allowance for the days after (DESIGN.md §6b). Needs the
+        user's ``user_settings`` row, else ``InvalidInput``.
+        """
+        require_text(clerk_user_id, "clerk_user_id")
+        amount = require_int(amount_microdollars, "amount_microdollars", minimum=1)
+        moment = require_aware(now, "now")
+        day = policy.budget_day(moment)
+        with translate_errors():
+            # Locking the subscriber serialises top-ups of one user with each other.
+            found = await self.session.scalar(
+                select(_us.id).where(_us.clerk_user_id == clerk_user_id).with_for_update()
+            )
+            if found is None:
+                raise InvalidInput(
+                    f"user {clerk_user_id!r} has no user_settings row: nothing to top up",
+                    field="clerk_user_id",
+                )
+            await self.daily_budget(clerk_user_id, day)
+            await self.session.execute(
+                insert(BudgetCredit).values(
+                    clerk_user_id=clerk_user_id,
+                    amount_microdollars=amount,
+                    budget_day=day,
+                    bought_at=moment,
+                )
+            )
+            row = (
+                await self.session.execute(
+                    update(_BUDGET_DAYS)
+                    .where(_day.clerk_user_id == clerk_user_id, _day.day == day)
+                    .values(budget_microdollars=saturating_add(_day.budget_microdollars, amount))
+                    .returning(_day.spent_microdollars, _day.budget_microdollars)
+                )
+            ).one()
+        return int(row.spent_microdollars), int(row.budget_microdollars)
+
+    async def last_charge_day(self, session_id: str) -> date | None:
+        """The latest budget day the session was charged on (None before its first charge):
+        the day its last decision belongs to."""
+        require_text(session_id, "session_id")
+        found: date | None = await self.session.scalar(
+            select(func.max(_ev.budget_day)).where(_ev.session_id == session_id)
+        )
+        return found
 
     async def spent(self, clerk_user_id: str, day: date) -> int:
         """What the user has spent on ``day`` so far (0 when there is no row)."""

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    exists,
     func,
     select,
     true,
@@ -26,7 +27,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.budget.policy import STOP_ABOVE
 from app.clock import utc_now
 from app.db.models import AgentCheckpoint, AgentSession, BudgetDay
 from app.domain import (
@@ -38,6 +38,7 @@ from app.domain import (
     SessionStatus,
     Tier,
 )
+from app.repositories.budget_rules import stops
 from app.repositories.errors import translate_errors
 from app.validation import (
     MAX_MODEL_LENGTH,
@@ -293,6 +294,23 @@ class SessionRepository:
         result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
         return list(result)
 
+    async def set_working_budget(
+        self, session_id: str, daily_budget_microdollars: int
+    ) -> AgentSession | None:
+        """Record a new day's budget on a ``working`` session (one guarded UPDATE, no
+        transition); None if the session is not working any more."""
+        require_text(session_id, "session_id")
+        budget = require_money(daily_budget_microdollars, "daily_budget_microdollars")
+        stmt = (
+            update(AgentSession)
+            .where(_columns.id == session_id, _columns.status == SessionStatus.WORKING.value)
+            .values(daily_budget_microdollars=budget)
+            .returning(AgentSession)
+        )
+        with translate_errors(session_id=session_id):
+            result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        return result.one_or_none()
+
     async def claim_due_for_wake(
         self, *, now: datetime, limit: int = 100, exclude: Collection[str] = ()
     ) -> list[AgentSession]:
@@ -406,12 +424,7 @@ class SessionRepository:
         """Move working sessions whose user is above 110 % of ``day``'s budget to
         ``budget_exceeded`` (BDGT-07), in one guarded UPDATE."""
         over = self._working_over_budget(
-            day,
-            and_(
-                _budget_days.c.budget_microdollars > 0,
-                _budget_days.c.spent_microdollars * 100
-                > _budget_days.c.budget_microdollars * STOP_ABOVE,
-            ),
+            day, stops(_budget_days.c.spent_microdollars, _budget_days.c.budget_microdollars)
         )
         victims = over.limit(limit).with_for_update(of=AgentSession, skip_locked=True)
         stmt = (
@@ -425,6 +438,15 @@ class SessionRepository:
 
     @staticmethod
     def _working_over_budget(day: date, condition: ColumnElement[bool]) -> Select[tuple[str]]:
+        # A user who has a row for a later day has left ``day`` behind: a worker woke a
+        # session for the new day, a session started on it, or a charge was booked to
+        # it. Nothing is then done on the strength of ``day`` (DESIGN.md §6b, midnight).
+        later = _budget_days.alias("later")
+        moved_on = exists(
+            select(later.c.day).where(
+                later.c.clerk_user_id == _columns.clerk_user_id, later.c.day > day
+            )
+        )
         return (
             select(_columns.id)
             .join(
@@ -434,9 +456,41 @@ class SessionRepository:
                     _budget_days.c.day == day,
                 ),
             )
-            .where(_columns.status == SessionStatus.WORKING.value, condition)
+            .where(_columns.status == SessionStatus.WORKING.value, condition, ~moved_on)
             .order_by(_columns.id)
         )
+
+    async def resume_within_budget(self, *, clerk_user_id: str, day: date) -> list[AgentSession]:
+        """``budget_exceeded -> working`` for the user's sessions, if the user's ``day`` is
+        under 100 % of its budget (after a top-up); one guarded UPDATE. A session still
+        over would be stopped again by its next charge, so it stays stopped."""
+        require_text(clerk_user_id, "clerk_user_id")
+        row = (
+            select(_budget_days.c.budget_microdollars)
+            .where(
+                _budget_days.c.clerk_user_id == clerk_user_id,
+                _budget_days.c.day == day,
+                _budget_days.c.spent_microdollars < _budget_days.c.budget_microdollars,
+            )
+            .scalar_subquery()
+        )
+        stmt = (
+            update(AgentSession)
+            .where(
+                _columns.clerk_user_id == clerk_user_id,
+                _columns.status == SessionStatus.BUDGET_EXCEEDED.value,
+                row.is_not(None),
+            )
+            .values(
+                status=SessionStatus.WORKING.value,
+                version=_columns.version + 1,
+                daily_budget_microdollars=row,
+                **owed_resume(),
+            )
+            .returning(AgentSession)
+        )
+        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        return sorted(result, key=lambda session: session.id)
 
     async def request_wake(
         self,

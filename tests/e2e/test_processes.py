@@ -197,6 +197,39 @@ async def test_top_up_wakes_within_a_second_despite_a_long_poll(
     assert stop(worker) == 0
 
 
+async def test_the_top_up_command_wakes_a_sleeper_through_a_running_worker(
+    e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    """``python -m app top-up USER_ID AMOUNT_USD`` as a process: it books the credit and a
+    worker whose poll is an hour away wakes the user's sleeper (only NOTIFY can)."""
+    url, engine = e2e_db
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO user_settings (clerk_user_id, tier) VALUES ('payer', 'partner')")
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO agent_sessions (id, job_id, clerk_user_id, tier, model_used,"
+                " status, wake_at, version) VALUES ('paid', 'j', 'payer', 'partner', 'm',"
+                " 'sleeping', '2999-01-01T00:00:00Z', 1)"
+            )
+        )
+    env = worker_env(url, redis_url, key_prefix, tmp_path / "r.txt", WAKE_POLL_INTERVAL="3600")
+    worker = spawn(["worker", "--on-resume", "tests.e2e.hooks:record"], env)
+    worker.wait_for_output("listening channel=agent_wake")
+    top_up = spawn(["top-up", "payer", "7.25"], env)
+    assert await asyncio.to_thread(top_up.popen.wait, 60) == 0, top_up.text()
+    assert "topped up payer by $7.25" in top_up.text()
+    await wait_until_woken(engine, 1, within=30)
+    async with engine.connect() as conn:
+        credit = await conn.scalar(text("SELECT amount_microdollars FROM budget_credits"))
+    assert credit == 7_250_000
+    refused = spawn(["top-up", "payer", "-1"], env)
+    assert await asyncio.to_thread(refused.popen.wait, 60) == 2
+    assert "AMOUNT_USD must be positive" in refused.text()
+    assert stop(worker) == 0
+
+
 async def test_worker_refuses_to_start_without_urls(spawn: Spawn) -> None:
     proc = spawn(["worker"], base_env())
     assert proc.popen.wait(30) == 2

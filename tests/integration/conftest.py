@@ -11,7 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.session_store import RedisSessionStore
 
-TABLES = "agent_cost_events, budget_days, agent_checkpoints, agent_sessions, user_settings"
+TABLES = (
+    "budget_credits, agent_cost_events, budget_days, agent_checkpoints, agent_sessions,"
+    " user_settings"
+)
 
 
 @pytest.fixture(autouse=True)

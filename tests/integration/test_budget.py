@@ -271,7 +271,7 @@ async def test_budget_follows_allowance_period_spend_and_renewal(
     result = await _charge(session_factory, settings, "r-1", 1)
     expected = (300_000 - 100_000) // 10
     assert result.budget_microdollars == expected  # type: ignore[attr-defined]
-    assert policy.period_start(renewal) == date(2026, 11, 6)
+    assert policy.period_start(TODAY, renewal) == date(2026, 11, 6)
 
 
 async def test_override_beats_the_tier_allowance(

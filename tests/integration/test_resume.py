@@ -393,11 +393,10 @@ async def test_session_state_rebuilds_a_deleted_key(rt: Runtime, store: RedisSes
 async def test_a_race_of_daemon_and_worker_converges_after_one_more_daemon_tick(
     session_factory: Factory, store: RedisSessionStore, settings: Settings
 ) -> None:
-    """The daemon sleeps over-budget sessions (its day is D) while a worker whose clock
-    is past midnight wakes them at once: keys are written out of order by both."""
-    day_clock = ManualClock(START.replace(hour=23))
-    night_clock = ManualClock(NEXT_DAY)
-    rt = Runtime(session_factory, store, settings, day_clock)
+    """Two daemons sleep silent over-budget sessions while top-ups make them due at once
+    and a worker wakes them: every key is written by several processes, out of order."""
+    clock = ManualClock(START.replace(hour=23))
+    rt = Runtime(session_factory, store, settings, clock)
     ids = [f"s-{i:03d}" for i in range(200)]
     for sid in ids:
         await start_session(
@@ -409,12 +408,18 @@ async def test_a_race_of_daemon_and_worker_converges_after_one_more_daemon_tick(
             text("UPDATE agent_sessions SET started_at = started_at - interval '1 hour'")
         )
     daemons = [
-        BudgetDaemon(session_factory, store, settings, clock=day_clock, batch_size=17)
-        for _ in range(2)
+        BudgetDaemon(session_factory, store, settings, clock=clock, batch_size=17) for _ in range(2)
     ]
-    worker = WakeWorker(session_factory, store, settings, clock=night_clock, batch_size=13)
+    worker = WakeWorker(session_factory, store, settings, clock=clock, batch_size=13)
+
+    async def top_ups() -> None:
+        for user in sorted({f"u-{i}" for i in range(10)}):
+            async with session_factory.begin() as s:
+                await SessionRepository(s).request_wake(clerk_user_id=user, now=clock.now)
+            await asyncio.sleep(0)
+
     for _ in range(4):
-        await asyncio.gather(*(d.run_once() for d in daemons), worker.run_once())
+        await asyncio.gather(*(d.run_once() for d in daemons), worker.run_once(), top_ups())
     await daemons[0].run_once()  # the one more tick; its own moves are mirrored too
 
     async with session_factory() as s:

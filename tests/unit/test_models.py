@@ -53,7 +53,7 @@ def test_money_columns_are_bigint() -> None:
         for c in table.columns
         if c.name.endswith("microdollars")
     ]
-    assert len(money) == 8
+    assert len(money) == 9
     assert all(isinstance(c.type, BigInteger) for c in money), [
         f"{c.table.name}.{c.name}" for c in money if not isinstance(c.type, BigInteger)
     ]
@@ -80,6 +80,7 @@ def test_all_models_exported() -> None:
         "AgentCheckpoint",
         "AgentCostEvent",
         "AgentSession",
+        "BudgetCredit",
         "BudgetDay",
         "UserSettings",
     }

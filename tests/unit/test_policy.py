@@ -16,6 +16,7 @@ from app.budget.policy import (
     days_until_renewal,
     decide,
     next_budget_day_start,
+    period_containing,
     period_start,
 )
 from app.domain import Decision
@@ -33,8 +34,8 @@ def test_hundred_dollars_over_ten_days_is_ten_a_day() -> None:
     assert daily_budget(100_000_000, 0, days) == 10_000_000
 
 
-def test_renewal_due_today_gives_the_full_remaining_amount() -> None:
-    renewal = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)
+def test_the_day_before_renewal_is_the_last_day_of_the_period() -> None:
+    renewal = datetime(2026, 11, 27, 23, 0, tzinfo=UTC)
     assert days_until_renewal(TODAY, renewal) == 1
     assert daily_budget(100_000_000, 35_000_000, 1) == 65_000_000
 
@@ -72,8 +73,10 @@ def test_past_renewal_rolls_forward_instead_of_dumping_the_allowance() -> None:
         (date(2027, 3, 15), date(2027, 2, 15)),
     ],
 )
-def test_period_starts_one_calendar_month_before_renewal(renewal: date, start: date) -> None:
-    assert period_start(renewal) == start
+def test_period_before_renewal_starts_one_calendar_month_earlier(
+    renewal: date, start: date
+) -> None:
+    assert period_start(renewal - timedelta(days=1), renewal) == start
 
 
 def test_budget_day_is_the_utc_date() -> None:
@@ -152,10 +155,9 @@ def test_add_months_clamps_and_never_overshoots(day: date, months: int) -> None:
     assert moved.day <= day.day
 
 
-@given(renewal=days)
-def test_period_is_one_month_long(renewal: date) -> None:
-    start = period_start(renewal)
-    assert 28 <= (renewal - start).days <= 31
+@given(renewal=days, day=days)
+def test_period_is_one_month_long(renewal: date, day: date) -> None:
+    assert 28 <= period_containing(day, renewal).days <= 31
 
 
 @given(spent=money, budget=st.integers(1, 10**12))
@@ -176,7 +178,7 @@ def test_the_readme_worked_example() -> None:
 
     today = date(2026, 11, 26)
     renewal = datetime(2026, 12, 6, tzinfo=UTC)
-    assert period_start(renewal) == date(2026, 11, 6)
+    assert period_start(today, renewal) == date(2026, 11, 6)
     budget = daily_budget(100_000_000, 40_000_000 + 20_000_000, days_until_renewal(today, renewal))
     assert budget == 4_000_000
     call = cost_microdollars(SONNET, 20_000, 3_000)

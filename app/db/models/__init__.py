@@ -3,7 +3,15 @@
 from app.db.models.agent_checkpoint import AgentCheckpoint
 from app.db.models.agent_cost_event import AgentCostEvent
 from app.db.models.agent_session import AgentSession
+from app.db.models.budget_credit import BudgetCredit
 from app.db.models.budget_day import BudgetDay
 from app.db.models.user_settings import UserSettings
 
-__all__ = ["AgentCheckpoint", "AgentCostEvent", "AgentSession", "BudgetDay", "UserSettings"]
+__all__ = [
+    "AgentCheckpoint",
+    "AgentCostEvent",
+    "AgentSession",
+    "BudgetCredit",
+    "BudgetDay",
+    "UserSettings",
+]

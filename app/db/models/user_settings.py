@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import BigInteger, CheckConstraint, Identity, func
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from app.db.base import Base, Microdollars, Str50, Str255, check_in
-from app.domain import Tier
+from app.domain import InvalidInput, Tier
 
 
 class UserSettings(Base):
@@ -37,3 +37,10 @@ class UserSettings(Base):
     updated_at: Mapped[datetime] = mapped_column(
         server_default=func.now(), onupdate=func.now(), init=False, repr=False
     )
+
+    @validates("subscription_renewal_date")
+    def _aware_renewal(self, key: str, value: datetime | None) -> datetime | None:
+        # A naive time would be read in some machine's local zone: refuse it.
+        if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+            raise InvalidInput(f"{key} must be timezone-aware, got naive {value}", field=key)
+        return value
