@@ -30,6 +30,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
     literal,
     select,
@@ -42,14 +43,20 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import AgentCheckpoint, AgentSession
-from app.domain import CheckpointNotFound, SessionNotFound, SessionStatus
+from app.domain import CheckpointNotFound, CheckpointPayloadError, SessionNotFound, SessionStatus
+from app.repositories.checkpoint_cache import SHARED, HistoryCache, SessionTip
 from app.repositories.checkpoint_codec import (
     EncodedHistory,
     check_retry_counts,
+    copy_messages,
     digest,
     encode_history,
-    rebuild,
+    encode_messages,
+    extend_state,
+    finish,
+    new_state,
 )
+from app.repositories.checkpoint_codec import rebuild as rebuild_history
 from app.repositories.errors import translate_errors
 from app.validation import INT_MAX, parse_enum, require_int, require_money, require_text
 
@@ -96,13 +103,18 @@ _TOUCH_SESSION = (
     .returning(_ses.id)
 )
 
-# The row at the iteration (if any) and its parent: the highest row below it.
+# The row at the iteration (if any) and its parent: the highest row below it; and
+# whether a later row exists (the save is then out of order).
+_LATER = (
+    exists().where(_cp.session_id == _SESSION_ID, _cp.iteration_number > _ITERATION)
+).label("has_later")
 _NEIGHBOURS = (
-    select(*_META)
+    select(*_META, _LATER)
     .where(_cp.session_id == _SESSION_ID, _cp.iteration_number <= _ITERATION)
     .order_by(_cp.iteration_number.desc())
     .limit(2)
 )
+_HAS_LATER: Final = select(_LATER)
 
 _DEPENDANTS = select(_cp.iteration_number).where(
     _cp.session_id == _SESSION_ID,
@@ -122,8 +134,8 @@ _MAKE_KEYFRAME = (
 )
 
 
-def _build_upsert() -> Any:
-    values = {
+def _row_values() -> dict[str, Any]:
+    return {
         "session_id": _SESSION_ID,
         "job_id": bindparam("p_job_id", type_=String),
         "iteration_number": _ITERATION,
@@ -141,6 +153,10 @@ def _build_upsert() -> Any:
         "delta_depth": bindparam("p_depth", type_=Integer),
         "history_digest": bindparam("p_digest", type_=LargeBinary),
     }
+
+
+def _build_upsert() -> Any:
+    values = _row_values()
     stmt = insert(_CHECKPOINTS).values(values)
     replace = {k: stmt.excluded[k] for k in values if k not in ("session_id", "iteration_number")}
     return stmt.on_conflict_do_update(
@@ -149,7 +165,31 @@ def _build_upsert() -> Any:
     ).returning(*_META)
 
 
+def _build_append() -> Any:
+    """INSERT a row after the session's newest, guarded: only if the newest is still the
+    row the process cache remembers (iteration, digest, message count) and nothing was
+    saved above it. The guard runs in the INSERT's own snapshot, taken after the session
+    row was locked, so it sees every committed save; no row comes back when it fails."""
+    values = _row_values()
+    tip = bindparam("p_tip", type_=Integer)
+    guard = and_(
+        exists().where(
+            _cp.session_id == _SESSION_ID,
+            _cp.iteration_number == tip,
+            _cp.history_digest == bindparam("p_tip_digest", type_=LargeBinary),
+            _cp.message_count == bindparam("p_tip_count", type_=Integer),
+        ),
+        ~exists().where(_cp.session_id == _SESSION_ID, _cp.iteration_number > tip),
+    )
+    return (
+        insert(_CHECKPOINTS)
+        .from_select(list(values), select(*values.values()).where(guard))
+        .returning(*_META)
+    )
+
+
 _UPSERT: Final = _build_upsert()
+_APPEND: Final = _build_append()
 
 # The lowest restorable iteration: the keep_last-th newest (or -1 with fewer rows).
 _FLOOR = func.coalesce(
@@ -231,9 +271,11 @@ def _build_prune() -> Any:
             needed.c.base_message_count > 0,
         )
     )
-    oldest_needed = select(func.min(needed.c.iteration_number)).scalar_subquery()
+    # Everything else goes: rows below the newest keep_last that no retained delta needs,
+    # wherever they are (out-of-order saves can leave them between needed rows).
     return delete(_CHECKPOINTS).where(
-        _cp.session_id == _SESSION_ID, _cp.iteration_number < oldest_needed
+        _cp.session_id == _SESSION_ID,
+        _cp.iteration_number.not_in(select(needed.c.iteration_number)),
     )
 
 
@@ -258,12 +300,13 @@ class CheckpointInfo:
 
 @dataclass(frozen=True, slots=True)
 class _Payload:
-    """A validated, encoded checkpoint: nothing in it can make the INSERT fail."""
+    """A checkpoint's validated fields; its history is checked and encoded apart (whole,
+    or only the new messages when the process cache shows what the rest is)."""
 
     session_id: str
     job_id: str
     iteration_number: int
-    history: EncodedHistory
+    messages: list[Any]
     sandbox_id: str | None
     current_phase: str | None
     retry_counts: dict[str, int]
@@ -281,7 +324,7 @@ class _Payload:
             session_id=require_text(cp.session_id, "session_id"),
             job_id=require_text(cp.job_id, "job_id"),
             iteration_number=require_int(cp.iteration_number, "iteration_number", maximum=INT_MAX),
-            history=encode_history(cp.message_history),
+            messages=_history_list(cp.message_history),
             retry_counts=check_retry_counts(cp.retry_counts),
             session_cost_microdollars=require_money(
                 cp.session_cost_microdollars, "session_cost_microdollars"
@@ -296,7 +339,7 @@ class _Payload:
     def same_content_as(self, row: MetaRow, full_digest: bytes) -> bool:
         return (
             row.history_digest == full_digest
-            and row.message_count == len(self.history)
+            and row.message_count == len(self.messages)
             and (row.job_id, row.sandbox_id, row.current_phase, row.agent_state)
             == (self.job_id, self.sandbox_id, self.current_phase, self.agent_state)
             and row.retry_counts == self.retry_counts
@@ -315,8 +358,28 @@ class _Payload:
             "p_session_cost": self.session_cost_microdollars,
             "p_daily_budget": self.daily_budget_microdollars,
             "p_agent_state": self.agent_state,
-            "p_message_count": len(self.history),
+            "p_message_count": len(self.messages),
         }
+
+
+def _history_list(history: Any) -> list[Any]:
+    if type(history) is not list:
+        raise CheckpointPayloadError(
+            f"message history must be a list of objects, not {type(history).__name__}"
+        )
+    return history
+
+
+@dataclass(frozen=True, slots=True)
+class _Append:
+    """A save that extends the cached tip: only the new messages, checked and encoded."""
+
+    tip: SessionTip
+    copies: list[dict[str, Any]]  # the new messages, privately copied
+    tail: bytes  # their canonical JSON array
+    state: Any
+    digest: bytes
+    keyframe: bool  # the chain is as long as keyframe_every allows
 
 
 def _checkpoint(row: MetaRow, history: list[Any]) -> AgentCheckpoint:
@@ -346,7 +409,7 @@ def _rebuild_chain(session_id: str, rows: Sequence[MetaRow]) -> tuple[MetaRow, l
     """Keyframe first, then deltas: the target row and its full history."""
     if rows[0].base_message_count != 0:  # the chain is broken: its keyframe is gone
         raise CheckpointNotFound(session_id, rows[-1].iteration_number)
-    history = rebuild(
+    history = rebuild_history(
         rows[0].message_history,
         ((r.base_message_count, r.message_history) for r in rows[1:]),
     )
@@ -357,13 +420,22 @@ class CheckpointRepository:
     """Checkpoints of agent sessions. Never commits: the caller owns the transaction."""
 
     def __init__(
-        self, session: AsyncSession, *, keep_last: int = 5, keyframe_every: int = 50
+        self,
+        session: AsyncSession,
+        *,
+        keep_last: int = 5,
+        keyframe_every: int = 50,
+        cache: HistoryCache | None = None,
     ) -> None:
         self.session = session
         self.keep_last = require_int(keep_last, "keep_last", minimum=1, maximum=INT_MAX)
         self.keyframe_every = require_int(
             keyframe_every, "keyframe_every", minimum=1, maximum=INT_MAX
         )
+        #: The process-wide tips of recently saved sessions (``checkpoint_cache``).
+        self.cache = SHARED if cache is None else cache
+        # Retention runs at least once every this many rows added (see _should_prune).
+        self.prune_every = min(self.keep_last, self.keyframe_every)
 
     async def _connection(self) -> AsyncConnection:
         # Every statement here is Core over tables: run it on the session's connection
@@ -380,71 +452,163 @@ class CheckpointRepository:
         The same ``(session_id, iteration_number)`` saved twice leaves one row with
         the latest content; identical content is a no-op. The session's
         ``last_checkpoint_at`` moves in the same transaction, and retention runs
-        when this save can have freed rows.
+        often enough that the rows kept stay bounded.
         Everything is validated before any SQL: a bad payload writes nothing.
+
+        A history that extends the one this process last saved for the session costs
+        O(new messages): only they are checked, encoded, hashed and sent (see
+        ``checkpoint_cache``); anything else takes the full path.
         """
         p = _Payload.of(checkpoint)
+        append = self._plan_append(p)
+        encoded = None if append is not None else encode_history(p.messages)
         key = {"p_session_id": p.session_id, "p_iteration": p.iteration_number}
         with translate_errors(session_id=p.session_id):
             if await (await self._connection()).scalar(_TOUCH_SESSION, key) is None:
                 raise SessionNotFound(p.session_id)
-            rows = (await (await self._connection()).execute(_NEIGHBOURS, key)).all()
-            existing = rows[0] if rows and rows[0].iteration_number == p.iteration_number else None
-            parent = next((r for r in rows if r.iteration_number < p.iteration_number), None)
+            if append is not None:
+                row = await self._append(p, append)
+                if row is not None:
+                    return _checkpoint(row, p.messages)
+                # Another writer moved the session on since this process saved it.
+                self.cache.discard(p.session_id)
+                encoded = encode_history(p.messages)
+            assert encoded is not None
+            row = await self._save_full(p, encoded)
+        return _checkpoint(row, p.messages)
 
-            full_digest = digest(p.history.body)
-            if existing is not None:
-                if p.same_content_as(existing, full_digest):
-                    return _checkpoint(existing, p.history.messages)
-                await self._detach_dependants(p.session_id, p.iteration_number)
+    def _plan_append(self, p: _Payload) -> _Append | None:
+        """Check and encode only the new messages, when the history extends the tip this
+        process saved last for the session and the save comes after it."""
+        tip = self.cache.get(p.session_id)
+        if (
+            tip is None
+            or tip.count == 0
+            or p.iteration_number <= tip.iteration
+            or not tip.prefix_matches(p.messages)
+        ):
+            return None
+        copies = copy_messages(p.messages, tip.count)
+        tail = encode_messages(p.messages, tip.count)
+        state = extend_state(tip.state, tip.count, tail)
+        keyframe = tip.depth + 1 >= self.keyframe_every
+        return _Append(tip, copies, tail, state, finish(state), keyframe)
 
-            shared = self._shared_prefix(p, parent, full_digest)
-            params = p.params() | {"p_digest": full_digest}
-            if shared is None or parent is None:
-                params |= {
-                    "p_history": p.history.body.decode(),
-                    "p_base": 0,
-                    "p_parent": None,
-                    "p_depth": 0,
-                }
-            else:
-                params |= {
-                    "p_history": p.history.after(shared),
-                    "p_base": parent.message_count,
-                    "p_parent": parent.iteration_number,
-                    "p_depth": parent.delta_depth + 1,
-                }
-            row = (await (await self._connection()).execute(_UPSERT, params)).one()
-            if self._may_free_rows(params["p_depth"], p.iteration_number):
-                await self.prune(p.session_id, keep_last=self.keep_last)
-        return _checkpoint(row, p.history.messages)
+    async def _append(self, p: _Payload, a: _Append) -> MetaRow | None:
+        """The guarded INSERT of a save planned from the cache; None if the tip is stale."""
+        tip = a.tip
+        params = p.params() | {
+            "p_digest": a.digest,
+            "p_tip": tip.iteration,
+            "p_tip_digest": tip.digest,
+            "p_tip_count": tip.count,
+        }
+        if a.keyframe:
+            # The whole list, encoded from the private copies: exactly what the digest
+            # covers, whatever the caller did to its objects (leaves are immutable).
+            body = encode_messages([*tip.copies[: tip.count], *a.copies])
+            params |= {"p_history": body.decode(), "p_base": 0, "p_parent": None, "p_depth": 0}
+        else:
+            params |= {
+                "p_history": a.tail.decode(),
+                "p_base": tip.count,
+                "p_parent": tip.iteration,
+                "p_depth": tip.depth + 1,
+            }
+        row = (await (await self._connection()).execute(_APPEND, params)).one_or_none()
+        if row is None:
+            return None
+        depth: int = params["p_depth"]
+        self.cache.put(
+            p.session_id,
+            tip.extended(
+                iteration=p.iteration_number,
+                tail=a.copies,
+                digest=a.digest,
+                depth=depth,
+                state=a.state,
+            ),
+        )
+        if self._should_prune(new_row=True, newest=True, depth=depth):
+            await self.prune(p.session_id, keep_last=self.keep_last)
+        return row
 
-    def _may_free_rows(self, depth: int, iteration: int) -> bool:
-        """Whether retention is worth a statement after this save.
+    async def _save_full(self, p: _Payload, encoded: EncodedHistory) -> MetaRow:
+        """The general path: read the row at the iteration and its parent, then upsert."""
+        key = {"p_session_id": p.session_id, "p_iteration": p.iteration_number}
+        rows = (await (await self._connection()).execute(_NEIGHBOURS, key)).all()
+        existing = rows[0] if rows and rows[0].iteration_number == p.iteration_number else None
+        parent = next((r for r in rows if r.iteration_number < p.iteration_number), None)
+        newest = not rows[0].has_later if rows else not await self._has_later(key)
 
-        Rows become deletable when the newest ``keep_last`` stop needing an older
-        keyframe, that is once ``keep_last`` rows hang off the newest one. Every
-        ``keep_last``-th iteration runs it too, for saves that arrive out of order or
-        rewrite history. Skipping it otherwise saves a round trip per save.
+        state = new_state(encoded.body)
+        full_digest = finish(state)
+        if existing is not None:
+            if p.same_content_as(existing, full_digest):
+                return existing
+            await self._detach_dependants(p.session_id, p.iteration_number)
+
+        shared = self._shared_prefix(encoded, parent, full_digest)
+        params = p.params() | {"p_digest": full_digest}
+        if shared is None or parent is None:
+            params |= {
+                "p_history": encoded.body.decode(),
+                "p_base": 0,
+                "p_parent": None,
+                "p_depth": 0,
+            }
+        else:
+            params |= {
+                "p_history": encoded.after(shared),
+                "p_base": parent.message_count,
+                "p_parent": parent.iteration_number,
+                "p_depth": parent.delta_depth + 1,
+            }
+        row = (await (await self._connection()).execute(_UPSERT, params)).one()
+        depth: int = params["p_depth"]
+        if newest:
+            tip = SessionTip(
+                p.iteration_number, len(encoded), full_digest, depth, state, encoded.copies
+            )
+            self.cache.put(p.session_id, tip)
+        if self._should_prune(new_row=existing is None, newest=newest, depth=depth):
+            await self.prune(p.session_id, keep_last=self.keep_last)
+        return row
+
+    async def _has_later(self, key: dict[str, Any]) -> bool:
+        return bool(await (await self._connection()).scalar(_HAS_LATER, key))
+
+    def _should_prune(self, *, new_row: bool, newest: bool, depth: int) -> bool:
+        """Whether retention runs after this save.
+
+        Rows only grow when a save adds one. A row added below the newest (an
+        out-of-order save) runs it at once. A row added on top extends the newest
+        chain, whose depth grows by one per such save and restarts at 0 on a keyframe:
+        running it whenever the depth is a multiple of ``prune_every`` runs it at least
+        once every ``prune_every`` rows. So after any sequence of saves a session keeps
+        at most the rows retention keeps plus ``prune_every`` (README: Retention), and
+        the count never depends on iteration numbers.
         """
-        return depth == self.keep_last - 1 or iteration % self.keep_last == 0
+        if not new_row:
+            return False
+        return not newest or depth % self.prune_every == 0
 
     def _shared_prefix(
-        self, p: _Payload, parent: MetaRow | None, full_digest: bytes
+        self, history: EncodedHistory, parent: MetaRow | None, full_digest: bytes
     ) -> bytes | None:
         """The parent's history as a canonical prefix of this one, if this extends it and
         the chain may grow; None means "write a keyframe"."""
         if (
             parent is None
             or parent.message_count == 0  # nothing to share
-            or parent.message_count > len(p.history)
+            or parent.message_count > len(history)
             or parent.history_digest is None  # a row from before incremental storage
             or parent.delta_depth + 1 >= self.keyframe_every
         ):
             return None
-        if parent.message_count == len(p.history):  # same length: same history or none
-            return p.history.body if full_digest == parent.history_digest else None
-        prefix = p.history.prefix(parent.message_count)
+        if parent.message_count == len(history):  # same length: same history or none
+            return history.body if full_digest == parent.history_digest else None
+        prefix = history.prefix(parent.message_count)
         return prefix if digest(prefix) == parent.history_digest else None
 
     async def _detach_dependants(self, session_id: str, iteration: int) -> None:
