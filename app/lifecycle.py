@@ -29,6 +29,7 @@ from app.domain import (
     Tier,
 )
 from app.repositories import BudgetRepository, CheckpointRepository, SessionRepository
+from app.repositories.checkpoint_cache import HistoryCache
 from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
 from app.settings import Settings
 from app.validation import parse_enum, require_int, require_text
@@ -54,6 +55,11 @@ class Runtime:
     #: After a failed write, Redis is left alone until this (monotonic) time, so an
     #: outage costs the wake path nothing but a set insertion.
     store_retry_at: float = 0.0
+    #: Tips of the sessions this process saved last (O(new messages) saves).
+    history_cache: HistoryCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.history_cache = HistoryCache(self.settings.checkpoint_cache_sessions)
 
     def store_resting(self) -> bool:
         return time.monotonic() < self.store_retry_at
@@ -63,6 +69,7 @@ class Runtime:
             s,
             keep_last=self.settings.checkpoint_keep_last,
             keyframe_every=self.settings.checkpoint_keyframe_every,
+            cache=self.history_cache,
         )
 
 

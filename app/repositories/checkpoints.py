@@ -105,9 +105,9 @@ _TOUCH_SESSION = (
 
 # The row at the iteration (if any) and its parent: the highest row below it; and
 # whether a later row exists (the save is then out of order).
-_LATER = (
-    exists().where(_cp.session_id == _SESSION_ID, _cp.iteration_number > _ITERATION)
-).label("has_later")
+_LATER = (exists().where(_cp.session_id == _SESSION_ID, _cp.iteration_number > _ITERATION)).label(
+    "has_later"
+)
 _NEIGHBOURS = (
     select(*_META, _LATER)
     .where(_cp.session_id == _SESSION_ID, _cp.iteration_number <= _ITERATION)
