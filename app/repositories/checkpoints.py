@@ -103,18 +103,30 @@ _TOUCH_SESSION = (
     .returning(_ses.id)
 )
 
-# The row at the iteration (if any) and its parent: the highest row below it; and
-# whether a later row exists (the save is then out of order).
+# The row at the iteration (if any) and its parent: the highest row below it; whether a
+# later row exists (the save is then out of order); and the session's row count, counted
+# up to p_cap + 1 only (retention's trigger for keyframes, see _should_prune).
 _LATER = (exists().where(_cp.session_id == _SESSION_ID, _cp.iteration_number > _ITERATION)).label(
     "has_later"
 )
+_ROWS = (
+    select(func.count())
+    .select_from(
+        select(literal(1))
+        .where(_cp.session_id == _SESSION_ID)
+        .limit(bindparam("p_cap", type_=Integer) + 1)
+        .subquery()
+    )
+    .scalar_subquery()
+    .label("row_count")
+)
 _NEIGHBOURS = (
-    select(*_META, _LATER)
+    select(*_META, _LATER, _ROWS)
     .where(_cp.session_id == _SESSION_ID, _cp.iteration_number <= _ITERATION)
     .order_by(_cp.iteration_number.desc())
     .limit(2)
 )
-_HAS_LATER: Final = select(_LATER)
+_SHAPE: Final = select(_LATER, _ROWS)
 
 _DEPENDANTS = select(_cp.iteration_number).where(
     _cp.session_id == _SESSION_ID,
@@ -434,8 +446,10 @@ class CheckpointRepository:
         )
         #: The process-wide tips of recently saved sessions (``checkpoint_cache``).
         self.cache = SHARED if cache is None else cache
-        # Retention runs at least once every this many rows added (see _should_prune).
+        # Retention runs at least once every this many deltas added on top, and when
+        # a keyframe leaves more than row_cap rows (see _should_prune).
         self.prune_every = min(self.keep_last, self.keyframe_every)
+        self.row_cap = min(self.keep_last + self.keyframe_every + self.prune_every, INT_MAX - 1)
 
     async def _connection(self) -> AsyncConnection:
         # Every statement here is Core over tables: run it on the session's connection
@@ -529,17 +543,22 @@ class CheckpointRepository:
                 state=a.state,
             ),
         )
-        if self._should_prune(new_row=True, newest=True, depth=depth):
+        if self._should_prune(new_row=True, newest=True, depth=depth, rows=None):
             await self.prune(p.session_id, keep_last=self.keep_last)
         return row
 
     async def _save_full(self, p: _Payload, encoded: EncodedHistory) -> MetaRow:
         """The general path: read the row at the iteration and its parent, then upsert."""
-        key = {"p_session_id": p.session_id, "p_iteration": p.iteration_number}
+        key = {
+            "p_session_id": p.session_id,
+            "p_iteration": p.iteration_number,
+            "p_cap": self.row_cap,
+        }
         rows = (await (await self._connection()).execute(_NEIGHBOURS, key)).all()
         existing = rows[0] if rows and rows[0].iteration_number == p.iteration_number else None
         parent = next((r for r in rows if r.iteration_number < p.iteration_number), None)
-        newest = not rows[0].has_later if rows else not await self._has_later(key)
+        shape = rows[0] if rows else (await (await self._connection()).execute(_SHAPE, key)).one()
+        newest, row_count = not shape.has_later, shape.row_count
 
         state = new_state(encoded.body)
         full_digest = finish(state)
@@ -571,27 +590,35 @@ class CheckpointRepository:
                 p.iteration_number, len(encoded), full_digest, depth, state, encoded.copies
             )
             self.cache.put(p.session_id, tip)
-        if self._should_prune(new_row=existing is None, newest=newest, depth=depth):
+        if self._should_prune(
+            new_row=existing is None, newest=newest, depth=depth, rows=row_count + 1
+        ):
             await self.prune(p.session_id, keep_last=self.keep_last)
         return row
 
-    async def _has_later(self, key: dict[str, Any]) -> bool:
-        return bool(await (await self._connection()).scalar(_HAS_LATER, key))
+    def _should_prune(self, *, new_row: bool, newest: bool, depth: int, rows: int | None) -> bool:
+        """Whether retention runs after this save; ``rows`` is the session's row count
+        (capped), when the save read it.
 
-    def _should_prune(self, *, new_row: bool, newest: bool, depth: int) -> bool:
-        """Whether retention runs after this save.
+        Rows only grow when a save adds one:
 
-        Rows only grow when a save adds one. A row added below the newest (an
-        out-of-order save) runs it at once. A row added on top extends the newest
-        chain, whose depth grows by one per such save and restarts at 0 on a keyframe:
-        running it whenever the depth is a multiple of ``prune_every`` runs it at least
-        once every ``prune_every`` rows. So after any sequence of saves a session keeps
-        at most the rows retention keeps plus ``prune_every`` (README: Retention), and
-        the count never depends on iteration numbers.
+        * a row added below the newest (an out-of-order save) runs it at once;
+        * a delta added on top extends the newest chain, whose depth grows by one per
+          such save: it runs whenever the depth is a multiple of ``prune_every``;
+        * a keyframe added on top (depth 0) runs it when the session holds more than
+          ``row_cap`` rows, or when the count is unknown (a keyframe that ends a chain
+          of ``keyframe_every`` deltas).
+
+        So the rows kept stay within a bound set by ``keep_last``, ``keyframe_every``
+        and ``prune_every`` (README: Retention), whatever the iteration numbers.
         """
         if not new_row:
             return False
-        return not newest or depth % self.prune_every == 0
+        if not newest:
+            return True
+        if depth > 0:
+            return depth % self.prune_every == 0
+        return rows is None or rows > self.row_cap
 
     def _shared_prefix(
         self, history: EncodedHistory, parent: MetaRow | None, full_digest: bytes

@@ -164,8 +164,11 @@ async def test_rows_kept_stay_bounded_for_any_iteration_pattern(
 ) -> None:
     sid = await new_session(session_factory)
     # Retention keeps the newest keep_last and the chains they need (at most
-    # keyframe_every rows each); saves in between add at most prune_every rows.
-    bound = keep_last * keyframe_every + min(keep_last, keyframe_every)
+    # keyframe_every rows each); a keyframe on top runs it above row_cap rows; and at
+    # most prune_every rows are added between runs.
+    prune_every = min(keep_last, keyframe_every)
+    row_cap = keep_last + keyframe_every + prune_every
+    bound = max(keep_last * keyframe_every, row_cap) + prune_every
     saved: dict[int, list[dict[str, Any]]] = {}
     history: list[dict[str, Any]] = []
     top = 0
