@@ -177,31 +177,39 @@ def _build_upsert() -> Any:
     ).returning(*_META)
 
 
-def _build_append() -> Any:
-    """INSERT a row after the session's newest, guarded: only if the newest is still the
-    row the process cache remembers (iteration, digest, message count) and nothing was
-    saved above it. The guard runs in the INSERT's own snapshot, taken after the session
-    row was locked, so it sees every committed save; no row comes back when it fails."""
+def _build_write() -> Any:
+    """One statement for a save planned from the process cache: lock the session (the
+    same UPDATE as every save), then INSERT the new row, unless a row already holds that
+    iteration. A delta is inserted only if its base is still the row the cache
+    remembers (iteration, digest, message count): that row is read FOR SHARE, so a
+    concurrent change to it is seen even though the snapshot predates the lock. No row
+    comes back when the plan no longer holds; the caller then takes the full path."""
     values = _row_values()
-    tip = bindparam("p_tip", type_=Integer)
-    guard = and_(
-        exists().where(
+    touched = _TOUCH_SESSION.cte("touched")
+    tip_row = (
+        select(_cp.iteration_number)
+        .where(
             _cp.session_id == _SESSION_ID,
-            _cp.iteration_number == tip,
+            _cp.iteration_number == bindparam("p_tip", type_=Integer),
             _cp.history_digest == bindparam("p_tip_digest", type_=LargeBinary),
             _cp.message_count == bindparam("p_tip_count", type_=Integer),
-        ),
-        ~exists().where(_cp.session_id == _SESSION_ID, _cp.iteration_number > tip),
+        )
+        .with_for_update(read=True)
+        .cte("tip_row")
     )
+    keyframe = values["base_message_count"] == 0
+    rows = select(*values.values()).select_from(touched).where(keyframe | exists(tip_row.select()))
     return (
         insert(_CHECKPOINTS)
-        .from_select(list(values), select(*values.values()).where(guard))
-        .returning(*_META)
+        .from_select(list(values), rows)
+        .on_conflict_do_nothing(index_elements=[_cp.session_id, _cp.iteration_number])
+        .returning(*_META, _ROWS)
+        .add_cte(touched)
     )
 
 
 _UPSERT: Final = _build_upsert()
-_APPEND: Final = _build_append()
+_WRITE: Final = _build_write()
 
 # The lowest restorable iteration: the keep_last-th newest (or -1 with fewer rows).
 _FLOOR = func.coalesce(
@@ -383,15 +391,21 @@ def _history_list(history: Any) -> list[Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Append:
-    """A save that extends the cached tip: only the new messages, checked and encoded."""
+class _Plan:
+    """A save planned from the session's cached tip, written in one statement.
+
+    Either a delta of the new messages on the tip, or a keyframe (the history does not
+    extend the tip, or the chain is as long as ``keyframe_every`` allows).
+    """
 
     tip: SessionTip
-    copies: list[dict[str, Any]]  # the new messages, privately copied
-    tail: bytes  # their canonical JSON array
+    history: str  # the JSON array text to store
+    base: int  # 0 for a keyframe
+    depth: int
     state: Any
     digest: bytes
-    keyframe: bool  # the chain is as long as keyframe_every allows
+    copies: list[dict[str, Any]]  # the new tip's messages, or only the new ones
+    appended: bool  # copies extend the tip's (else they are the whole history)
 
 
 def _checkpoint(row: MetaRow, history: list[Any]) -> AgentCheckpoint:
@@ -470,80 +484,92 @@ class CheckpointRepository:
         Everything is validated before any SQL: a bad payload writes nothing.
 
         A history that extends the one this process last saved for the session costs
-        O(new messages): only they are checked, encoded, hashed and sent (see
-        ``checkpoint_cache``); anything else takes the full path.
+        O(new messages): only they are checked, encoded, hashed and sent, in one
+        statement (see ``checkpoint_cache``); anything else takes the full path.
         """
         p = _Payload.of(checkpoint)
-        append = self._plan_append(p)
-        encoded = None if append is not None else encode_history(p.messages)
-        key = {"p_session_id": p.session_id, "p_iteration": p.iteration_number}
+        encoded: EncodedHistory | None = None
+        plan: _Plan | None = None
+        tip = self.cache.get(p.session_id)
+        if tip is not None and p.iteration_number > tip.iteration:
+            if tip.count and tip.prefix_matches(p.messages):
+                plan = self._plan_append(p, tip)
+            else:
+                encoded = encode_history(p.messages)
+                plan = self._plan_keyframe(tip, encoded)
+        else:
+            encoded = encode_history(p.messages)
         with translate_errors(session_id=p.session_id):
-            if await (await self._connection()).scalar(_TOUCH_SESSION, key) is None:
-                raise SessionNotFound(p.session_id)
-            if append is not None:
-                row = await self._append(p, append)
+            if plan is not None:
+                row = await self._write(p, plan)
                 if row is not None:
                     return _checkpoint(row, p.messages)
                 # Another writer moved the session on since this process saved it.
                 self.cache.discard(p.session_id)
+            key = {"p_session_id": p.session_id, "p_iteration": p.iteration_number}
+            if await (await self._connection()).scalar(_TOUCH_SESSION, key) is None:
+                raise SessionNotFound(p.session_id)
+            if encoded is None:
                 encoded = encode_history(p.messages)
-            assert encoded is not None
             row = await self._save_full(p, encoded)
         return _checkpoint(row, p.messages)
 
-    def _plan_append(self, p: _Payload) -> _Append | None:
-        """Check and encode only the new messages, when the history extends the tip this
-        process saved last for the session and the save comes after it."""
-        tip = self.cache.get(p.session_id)
-        if (
-            tip is None
-            or tip.count == 0
-            or p.iteration_number <= tip.iteration
-            or not tip.prefix_matches(p.messages)
-        ):
-            return None
+    def _plan_append(self, p: _Payload, tip: SessionTip) -> _Plan:
+        """Check, encode and hash only the messages after the tip's."""
         copies = copy_messages(p.messages, tip.count)
         tail = encode_messages(p.messages, tip.count)
         state = extend_state(tip.state, tip.count, tail)
-        keyframe = tip.depth + 1 >= self.keyframe_every
-        return _Append(tip, copies, tail, state, finish(state), keyframe)
+        if tip.depth + 1 < self.keyframe_every:
+            history, base, depth = tail.decode(), tip.count, tip.depth + 1
+        else:
+            # The whole list, encoded from the private copies: exactly what the digest
+            # covers, whatever the caller did to its objects (leaves are immutable).
+            whole = encode_messages([*tip.copies[: tip.count], *copies])
+            history, base, depth = whole.decode(), 0, 0
+        return _Plan(tip, history, base, depth, state, finish(state), copies, appended=True)
 
-    async def _append(self, p: _Payload, a: _Append) -> MetaRow | None:
-        """The guarded INSERT of a save planned from the cache; None if the tip is stale."""
-        tip = a.tip
+    @staticmethod
+    def _plan_keyframe(tip: SessionTip, encoded: EncodedHistory) -> _Plan:
+        """A history that does not extend the tip: a keyframe, with no read first."""
+        state = new_state(encoded.body)
+        return _Plan(
+            tip, encoded.body.decode(), 0, 0, state, finish(state), encoded.copies, appended=False
+        )
+
+    async def _write(self, p: _Payload, plan: _Plan) -> MetaRow | None:
+        """The one-statement save of a plan; None when it no longer holds."""
+        tip = plan.tip
         params = p.params() | {
-            "p_digest": a.digest,
+            "p_history": plan.history,
+            "p_base": plan.base,
+            "p_parent": tip.iteration if plan.base else None,
+            "p_depth": plan.depth,
+            "p_digest": plan.digest,
             "p_tip": tip.iteration,
             "p_tip_digest": tip.digest,
             "p_tip_count": tip.count,
+            "p_cap": self.row_cap,
         }
-        if a.keyframe:
-            # The whole list, encoded from the private copies: exactly what the digest
-            # covers, whatever the caller did to its objects (leaves are immutable).
-            body = encode_messages([*tip.copies[: tip.count], *a.copies])
-            params |= {"p_history": body.decode(), "p_base": 0, "p_parent": None, "p_depth": 0}
-        else:
-            params |= {
-                "p_history": a.tail.decode(),
-                "p_base": tip.count,
-                "p_parent": tip.iteration,
-                "p_depth": tip.depth + 1,
-            }
-        row = (await (await self._connection()).execute(_APPEND, params)).one_or_none()
+        row = (await (await self._connection()).execute(_WRITE, params)).one_or_none()
         if row is None:
             return None
-        depth: int = params["p_depth"]
-        self.cache.put(
-            p.session_id,
-            tip.extended(
+        if plan.appended:
+            new_tip = tip.extended(
                 iteration=p.iteration_number,
-                tail=a.copies,
-                digest=a.digest,
-                depth=depth,
-                state=a.state,
-            ),
-        )
-        if self._should_prune(new_row=True, newest=True, depth=depth, rows=None):
+                tail=plan.copies,
+                digest=plan.digest,
+                depth=plan.depth,
+                state=plan.state,
+            )
+        else:
+            new_tip = SessionTip(
+                p.iteration_number, len(p.messages), plan.digest, 0, plan.state, plan.copies
+            )
+        self.cache.put(p.session_id, new_tip)
+        # The statement's row count does not include the row it inserted; a keyframe
+        # that ends a full chain always runs retention (see _should_prune).
+        rows = None if plan.appended and plan.base == 0 else row.row_count + 1
+        if self._should_prune(new_row=True, newest=True, depth=plan.depth, rows=rows):
             await self.prune(p.session_id, keep_last=self.keep_last)
         return row
 
@@ -590,9 +616,9 @@ class CheckpointRepository:
                 p.iteration_number, len(encoded), full_digest, depth, state, encoded.copies
             )
             self.cache.put(p.session_id, tip)
-        if self._should_prune(
-            new_row=existing is None, newest=newest, depth=depth, rows=row_count + 1
-        ):
+        chain_full = parent is not None and parent.delta_depth + 1 >= self.keyframe_every
+        count = None if chain_full else row_count + 1
+        if self._should_prune(new_row=existing is None, newest=newest, depth=depth, rows=count):
             await self.prune(p.session_id, keep_last=self.keep_last)
         return row
 
