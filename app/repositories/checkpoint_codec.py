@@ -17,6 +17,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Final, NoReturn
 
 import orjson
@@ -38,6 +39,8 @@ INT_LIMIT: Final = 2**64  # orjson encodes and decodes integers in [-2**63, 2**6
 
 Path = tuple[str | int, ...]
 _PLAIN: Final = frozenset({str, int, bool, type(None)})
+_DICT: Final = frozenset({dict})
+_STR: Final = frozenset({str})
 
 
 class _Refused(Exception):
@@ -163,9 +166,17 @@ def _raise_for(messages: list[Any], start: int, exc: BaseException | None = None
 def copy_messages(messages: list[Any], start: int = 0) -> list[dict[str, Any]]:
     """Private copies (leaves shared) of ``messages[start:]``, each checked JSON-exact;
     ``CheckpointPayloadError`` naming the index and key path otherwise."""
+    tail = messages[start:] if start else messages
+    # The common case in C: flat messages of strings, ints, bools and None.
+    if (
+        _DICT.issuperset(map(type, tail))
+        and _PLAIN.issuperset(map(type, chain.from_iterable(map(dict.values, tail))))
+        and _STR.issuperset(map(type, chain.from_iterable(tail)))
+    ):
+        return list(map(dict.copy, tail))
     try:
         out = []
-        for message in messages[start:] if start else messages:
+        for message in tail:
             if type(message) is not dict:
                 _refuse()
             out.append(_copy_exact(message, 0))

@@ -302,6 +302,17 @@ def _build_prune() -> Any:
 _PRUNE: Final = _build_prune()
 
 
+#: Retention runs at most once every this many saves on the append path (it costs a
+#: statement), unless keep_last or keyframe_every is smaller.
+MIN_PRUNE_EVERY: Final = 16
+
+
+def retention_trigger(keep_last: int, keyframe_every: int) -> tuple[int, int]:
+    """``(prune_every, row_cap)`` for a repository's settings (see ``_should_prune``)."""
+    prune_every = min(keyframe_every, max(keep_last, MIN_PRUNE_EVERY))
+    return prune_every, min(keep_last + keyframe_every + prune_every, INT_MAX - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class CheckpointInfo:
     """A restorable checkpoint's metadata, without the message bodies."""
@@ -462,8 +473,7 @@ class CheckpointRepository:
         self.cache = SHARED if cache is None else cache
         # Retention runs at least once every this many deltas added on top, and when
         # a keyframe leaves more than row_cap rows (see _should_prune).
-        self.prune_every = min(self.keep_last, self.keyframe_every)
-        self.row_cap = min(self.keep_last + self.keyframe_every + self.prune_every, INT_MAX - 1)
+        self.prune_every, self.row_cap = retention_trigger(self.keep_last, self.keyframe_every)
 
     async def _connection(self) -> AsyncConnection:
         # Every statement here is Core over tables: run it on the session's connection

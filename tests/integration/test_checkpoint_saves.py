@@ -20,6 +20,7 @@ from app.db.models import AgentCheckpoint
 from app.domain import CheckpointNotFound, CheckpointPayloadError
 from app.repositories import CheckpointRepository
 from app.repositories.checkpoint_cache import HistoryCache
+from app.repositories.checkpoints import retention_trigger
 from tests.integration.helpers import Factory, make_session
 from tests.strategies import histories, same_types
 
@@ -166,8 +167,7 @@ async def test_rows_kept_stay_bounded_for_any_iteration_pattern(
     # Retention keeps the newest keep_last and the chains they need (at most
     # keyframe_every rows each); a keyframe on top runs it above row_cap rows; and at
     # most prune_every rows are added between runs.
-    prune_every = min(keep_last, keyframe_every)
-    row_cap = keep_last + keyframe_every + prune_every
+    prune_every, row_cap = retention_trigger(keep_last, keyframe_every)
     bound = max(keep_last * keyframe_every, row_cap) + prune_every
     saved: dict[int, list[dict[str, Any]]] = {}
     history: list[dict[str, Any]] = []
