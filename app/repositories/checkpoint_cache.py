@@ -11,6 +11,7 @@ save falls back to the full path.
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -78,7 +79,9 @@ class HistoryCache:
         """The session's tip, marked as recently used; None if absent."""
         tip = self._tips.get(session_id)
         if tip is not None:
-            self._tips.move_to_end(session_id)
+            # Another thread's loop may have evicted it in between: harmless.
+            with suppress(KeyError):
+                self._tips.move_to_end(session_id)
         return tip
 
     def put(self, session_id: str, tip: SessionTip) -> None:
@@ -88,7 +91,8 @@ class HistoryCache:
         self._tips[session_id] = tip
         self._tips.move_to_end(session_id)
         while len(self._tips) > self.max_sessions:
-            self._tips.popitem(last=False)
+            with suppress(KeyError):
+                self._tips.popitem(last=False)
 
     def discard(self, session_id: str) -> None:
         """Forget the session (its tip turned out stale)."""
