@@ -186,19 +186,21 @@ def _build_write() -> Any:
     comes back when the plan no longer holds; the caller then takes the full path."""
     values = _row_values()
     touched = _TOUCH_SESSION.cte("touched")
+    # Correlated with the locked session row, so that it runs after the lock is held:
+    # an uncorrelated one would run first and could deadlock with a writer that holds
+    # the session and rewrites this row.
     tip_row = (
         select(_cp.iteration_number)
         .where(
-            _cp.session_id == _SESSION_ID,
+            _cp.session_id == touched.c.id,
             _cp.iteration_number == bindparam("p_tip", type_=Integer),
             _cp.history_digest == bindparam("p_tip_digest", type_=LargeBinary),
             _cp.message_count == bindparam("p_tip_count", type_=Integer),
         )
         .with_for_update(read=True)
-        .cte("tip_row")
     )
     keyframe = values["base_message_count"] == 0
-    rows = select(*values.values()).select_from(touched).where(keyframe | exists(tip_row.select()))
+    rows = select(*values.values()).select_from(touched).where(keyframe | exists(tip_row))
     return (
         insert(_CHECKPOINTS)
         .from_select(list(values), rows)

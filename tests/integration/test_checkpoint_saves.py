@@ -4,12 +4,15 @@ process cache enables (and that never stores a wrong history)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import random
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -311,3 +314,53 @@ async def test_the_append_path_keeps_keyframes_and_retention(session_factory: Fa
     assert len(depths) <= 3 * 4 + 3
     for i in (27, 28, 29):
         assert await load(session_factory, sid, i, keep_last=3) == history[: i + 1]
+
+
+async def wait_for_lock_wait(engine: AsyncEngine, query: str) -> None:
+    """Poll until a backend of this database waits on a lock while running ``query``."""
+    async with engine.connect() as probe:
+        for _ in range(3_000):
+            waiting = await probe.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND strpos(query, :q) > 0"
+                ),
+                {"q": query},
+            )
+            if waiting:
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"no backend blocked on {query!r}")
+
+
+async def test_a_writer_holding_the_session_that_rewrites_the_tip_neither_deadlocks_nor_corrupts(
+    session_factory: Factory, engine: AsyncEngine
+) -> None:
+    """T1 locks the session and, while a cached append waits for that lock, rewrites the
+    row the append would build on. The append must wait for the lock before it looks at
+    the row (no deadlock), then see the rewrite and store a correct history."""
+    sid = await new_session(session_factory)
+    cache = HistoryCache(8)
+    h = [message(i) for i in range(6)]
+    await save(session_factory, checkpoint(sid, 1, h[:3]), cache=cache)
+    rewritten = [{"role": "system", "content": "summary"}]
+    body = orjson.dumps(rewritten, option=orjson.OPT_SORT_KEYS)
+    async with engine.connect() as t1:
+        await t1.begin()
+        await t1.execute(
+            text("UPDATE agent_sessions SET last_checkpoint_at = now() WHERE id = :s"), {"s": sid}
+        )
+        append = asyncio.create_task(save(session_factory, checkpoint(sid, 2, h), cache=cache))
+        await wait_for_lock_wait(engine, "INSERT INTO agent_checkpoints")
+        await t1.execute(
+            text(
+                "UPDATE agent_checkpoints SET message_history = CAST(:h AS jsonb),"
+                " message_count = 1, history_digest = :d"
+                " WHERE session_id = :s AND iteration_number = 1"
+            ),
+            {"h": body.decode(), "d": hashlib.sha256(body).digest(), "s": sid},
+        )
+        await t1.commit()
+    await append
+    assert await load(session_factory, sid, 1) == rewritten
+    assert await load(session_factory, sid, 2) == h
