@@ -32,8 +32,9 @@ _NUL_ESCAPE: Final = b"\\u0000"
 # Integral floats from 1e16 up come back from JSONB as integers (its numeric output has
 # no exponent and no ".0"); below that orjson writes them with ".0", which JSONB keeps.
 FLOAT_LIMIT: Final = 1e16
-# orjson refuses deeper nesting; the walk stops at the same depth.
-MAX_DEPTH: Final = 254
+# orjson refuses nesting deeper than 254 levels (the history list included); the walk
+# stops a little earlier, so that it, not the encoder, names the message and the path.
+MAX_DEPTH: Final = 250
 INT_MIN: Final = -(2**63)
 INT_LIMIT: Final = 2**64  # orjson encodes and decodes integers in [-2**63, 2**64)
 
