@@ -34,6 +34,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
     true,
     tuple_,
     update,
@@ -212,6 +213,63 @@ def _build_write() -> Any:
 
 _UPSERT: Final = _build_upsert()
 _WRITE: Final = _build_write()
+
+# The periodic keyframe that ends a chain, built in the database from the rows of the
+# chain (every delta extends its parent entirely, so the history is their messages in
+# order) and the new messages: the client sends only those. It runs after the session
+# lock, in its own snapshot; nothing is inserted unless the base row still has the
+# remembered digest and the rebuilt history its message count.
+_CHAIN_KEYFRAME: Final = text(
+    """
+    WITH RECURSIVE chain AS (
+        SELECT iteration_number, parent_iteration, base_message_count, 0 AS depth
+          FROM agent_checkpoints
+         WHERE session_id = :p_session_id AND iteration_number = :p_tip
+           AND history_digest = :p_tip_digest AND message_count = :p_tip_count
+      UNION ALL
+        SELECT p.iteration_number, p.parent_iteration, p.base_message_count, c.depth + 1
+          FROM agent_checkpoints AS p
+          JOIN chain AS c
+            ON p.session_id = :p_session_id AND p.iteration_number = c.parent_iteration
+         WHERE c.base_message_count > 0
+    ), whole AS (
+        SELECT coalesce(jsonb_agg(e.value), '[]'::jsonb) AS h
+          FROM (SELECT iteration_number FROM chain ORDER BY depth DESC) AS o
+         CROSS JOIN LATERAL (
+                SELECT message_history FROM agent_checkpoints
+                 WHERE session_id = :p_session_id AND iteration_number = o.iteration_number
+               ) AS r
+         CROSS JOIN LATERAL jsonb_array_elements(r.message_history) AS e
+    )
+    INSERT INTO agent_checkpoints (
+        session_id, job_id, iteration_number, message_history, sandbox_id, current_phase,
+        retry_counts, session_cost_microdollars, daily_budget_microdollars, agent_state,
+        message_count, base_message_count, parent_iteration, delta_depth, history_digest)
+    SELECT :p_session_id, :p_job_id, CAST(:p_iteration AS integer),
+           whole.h || CAST(:p_history AS jsonb), :p_sandbox_id, :p_current_phase,
+           CAST(:p_retry_counts AS jsonb), CAST(:p_session_cost AS bigint),
+           CAST(:p_daily_budget AS bigint), :p_agent_state,
+           CAST(:p_message_count AS integer), 0, NULL, 0, CAST(:p_digest AS bytea)
+      FROM whole
+     WHERE jsonb_array_length(whole.h) = :p_tip_count
+    ON CONFLICT (session_id, iteration_number) DO NOTHING
+    RETURNING id, session_id, job_id, sandbox_id, current_phase, retry_counts,
+              session_cost_microdollars, daily_budget_microdollars, iteration_number,
+              agent_state, message_count, base_message_count, parent_iteration,
+              delta_depth, history_digest, created_at, updated_at
+    """
+).bindparams(
+    bindparam("p_session_id", type_=String),
+    bindparam("p_job_id", type_=String),
+    bindparam("p_tip", type_=Integer),
+    bindparam("p_tip_digest", type_=LargeBinary),
+    bindparam("p_tip_count", type_=Integer),
+    bindparam("p_sandbox_id", type_=String),
+    bindparam("p_current_phase", type_=String),
+    bindparam("p_agent_state", type_=String),
+    bindparam("p_history", type_=Text),
+    bindparam("p_retry_counts", type_=Text),
+)
 
 # The lowest restorable iteration: the keep_last-th newest (or -1 with fewer rows).
 _FLOOR = func.coalesce(
@@ -419,6 +477,7 @@ class _Plan:
     digest: bytes
     copies: list[dict[str, Any]]  # the new tip's messages, or only the new ones
     appended: bool  # copies extend the tip's (else they are the whole history)
+    from_chain: bool = False  # a keyframe the database builds from the tip's chain
 
 
 def _checkpoint(row: MetaRow, history: list[Any]) -> AgentCheckpoint:
@@ -531,14 +590,13 @@ class CheckpointRepository:
         copies = copy_messages(p.messages, tip.count)
         tail = encode_messages(p.messages, tip.count)
         state = extend_state(tip.state, tip.count, tail)
-        if tip.depth + 1 < self.keyframe_every:
-            history, base, depth = tail.decode(), tip.count, tip.depth + 1
-        else:
-            # The whole list, encoded from the private copies: exactly what the digest
-            # covers, whatever the caller did to its objects (leaves are immutable).
-            whole = encode_messages([*tip.copies[: tip.count], *copies])
-            history, base, depth = whole.decode(), 0, 0
-        return _Plan(tip, history, base, depth, state, finish(state), copies, appended=True)
+        chain_full = tip.depth + 1 >= self.keyframe_every
+        base, depth = (0, 0) if chain_full else (tip.count, tip.depth + 1)
+        # A full chain ends with a keyframe that the database assembles from the chain
+        # and these messages: still only the new messages travel.
+        return _Plan(
+            tip, tail.decode(), base, depth, state, finish(state), copies, True, chain_full
+        )
 
     @staticmethod
     def _plan_keyframe(tip: SessionTip, encoded: EncodedHistory) -> _Plan:
@@ -562,7 +620,14 @@ class CheckpointRepository:
             "p_tip_count": tip.count,
             "p_cap": self.row_cap,
         }
-        row = (await (await self._connection()).execute(_WRITE, params)).one_or_none()
+        conn = await self._connection()
+        if plan.from_chain:
+            if await conn.scalar(_TOUCH_SESSION, params) is None:
+                return None  # the full path raises SessionNotFound
+            params["p_retry_counts"] = orjson.dumps(p.retry_counts).decode()
+            row = (await conn.execute(_CHAIN_KEYFRAME, params)).one_or_none()
+        else:
+            row = (await conn.execute(_WRITE, params)).one_or_none()
         if row is None:
             return None
         if plan.appended:
@@ -580,7 +645,7 @@ class CheckpointRepository:
         self.cache.put(p.session_id, new_tip)
         # The statement's row count does not include the row it inserted; a keyframe
         # that ends a full chain always runs retention (see _should_prune).
-        rows = None if plan.appended and plan.base == 0 else row.row_count + 1
+        rows = None if plan.from_chain else row.row_count + 1
         if self._should_prune(new_row=True, newest=True, depth=plan.depth, rows=rows):
             await self.prune(p.session_id, keep_last=self.keep_last)
         return row

@@ -364,3 +364,34 @@ async def test_a_writer_holding_the_session_that_rewrites_the_tip_neither_deadlo
     await append
     assert await load(session_factory, sid, 1) == rewritten
     assert await load(session_factory, sid, 2) == h
+
+
+async def test_the_periodic_keyframe_is_built_in_the_database(
+    session_factory: Factory, engine: AsyncEngine
+) -> None:
+    """Every keyframe_every-th save stores the whole history, yet sends only the new
+    messages: the database assembles the keyframe from the chain."""
+    sid = await new_session(session_factory)
+    cache = HistoryCache(8)
+    history = [message(i) for i in range(200)]
+    await save(session_factory, checkpoint(sid, 0, history), cache=cache, keyframe_every=3)
+    for it in range(1, 7):
+        history.append(message(1000 + it))
+        with sent_bytes(engine) as sent:
+            await save(session_factory, checkpoint(sid, it, history), cache=cache, keyframe_every=3)
+        assert sum(sent) < 3_000, it
+        assert await load(session_factory, sid, it) == history
+    async with session_factory() as s:
+        stored = (
+            await s.execute(
+                text(
+                    "SELECT iteration_number, base_message_count, message_count,"
+                    " jsonb_array_length(message_history) FROM agent_checkpoints"
+                    " WHERE session_id = :s ORDER BY 1"
+                ),
+                {"s": sid},
+            )
+        ).all()
+    keyframes = [(it, n, length) for it, base, n, length in stored if base == 0]
+    assert [it for it, _, _ in keyframes] == [0, 3, 6]
+    assert all(n == length for _, n, length in keyframes)  # whole histories
