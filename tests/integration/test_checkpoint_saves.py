@@ -395,3 +395,68 @@ async def test_the_periodic_keyframe_is_built_in_the_database(
     keyframes = [(it, n, length) for it, base, n, length in stored if base == 0]
     assert [it for it, _, _ in keyframes] == [0, 3, 6]
     assert all(n == length for _, n, length in keyframes)  # whole histories
+
+
+edits = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(0, 3)),
+        st.tuples(st.just("edit"), st.integers(0, 1_000)),  # in place, nested
+        st.tuples(st.just("retag"), st.integers(0, 1_000)),  # add/remove a key in place
+        st.tuples(st.just("truncate"), st.integers(1, 2)),
+        st.tuples(st.just("other"), st.integers(0, 3)),  # another process appends
+        st.tuples(st.just("resave"), st.integers(1, 3)),  # an earlier iteration again
+    ),
+    min_size=5,
+    max_size=30,
+)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=edits, keyframe_every=st.integers(1, 4))
+async def test_whatever_the_caller_does_to_its_list_each_save_loads_as_it_was(
+    session_factory: Factory, ops: list[tuple[str, int]], keyframe_every: int
+) -> None:
+    """One list object, appended to and edited in place between saves (as agents do
+    when they move a cache_control marker or trim an old tool result), saved by this
+    process and sometimes by another: every checkpoint loads as the list was."""
+    sid = await new_session(session_factory)
+    mine, theirs = HistoryCache(4), HistoryCache(4)
+    history: list[dict[str, Any]] = []
+    saved: dict[int, list[dict[str, Any]]] = {}
+    iteration = 0
+    for n, (op, arg) in enumerate(ops):
+        cache = mine
+        if op == "append":
+            history.extend({"role": "user", "content": [{"text": f"m{n}.{k}"}]} for k in range(arg))
+        elif op == "edit" and history:
+            history[arg % len(history)]["content"][0]["text"] = f"edited {n}"
+        elif op == "retag" and history:
+            message = history[arg % len(history)]
+            if "cache_control" in message:
+                del message["cache_control"]
+            else:
+                message["cache_control"] = {"type": "ephemeral"}
+        elif op == "truncate":
+            del history[:arg]
+        elif op == "other":
+            cache = theirs
+            history.extend(
+                {"role": "assistant", "content": [{"text": f"o{n}.{k}"}]} for k in range(arg)
+            )
+        elif op == "resave" and saved:
+            iteration = max(0, iteration - arg)
+        iteration += 1
+        await save(
+            session_factory,
+            checkpoint(sid, iteration, history),
+            cache=cache,
+            keep_last=100,
+            keyframe_every=keyframe_every,
+        )
+        saved[iteration] = orjson.loads(orjson.dumps(history))  # a deep snapshot
+    for it, expected in saved.items():
+        assert same_types(await load(session_factory, sid, it, keep_last=100), expected), it
