@@ -41,8 +41,11 @@ class SessionTip:
         if len(history) < n:
             return False
         copies = self.copies if len(self.copies) == n else self.copies[:n]
-        # list == compares item by item in C; unchanged leaves are the same objects.
-        return copies == (history if len(history) == n else history[:n])
+        try:
+            # list == compares item by item in C; unchanged leaves are the same objects.
+            return bool(copies == (history if len(history) == n else history[:n]))
+        except Exception:  # a foreign value with an odd __eq__: the full path refuses it
+            return False
 
     def extended(
         self,

@@ -294,3 +294,21 @@ def test_the_cache_is_a_bounded_lru() -> None:
     assert len(off) == 0
     with pytest.raises(ValueError, match="max_sessions"):
         HistoryCache(-1)
+
+
+class Ambiguous:
+    """Compares like a NumPy array: its truth value is an error."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value is ambiguous")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_a_value_with_an_odd_eq_put_into_a_saved_message_is_a_mismatch() -> None:
+    history: list[dict[str, Any]] = [{"a": 1}]
+    tip = tip_of(history)
+    history[0]["a"] = Ambiguous()
+    assert not tip.prefix_matches(history)
+    with pytest.raises(CheckpointPayloadError):
+        encode_history(history)
