@@ -6,6 +6,11 @@ row stores only the messages its parent did not have (a *delta*), with a full co
 *keyframe*) when the history was rewritten and every ``keyframe_every`` saves. Loads
 fetch a keyframe and its deltas in one recursive query and hand back the full history:
 callers never see a delta (DESIGN.md §4).
+
+A save that extends the history this process saved last for the session (the
+``checkpoint_cache`` tip) checks, encodes, hashes and sends only the new messages, in
+one guarded statement; everything else takes the full path (read the neighbours,
+compare digests, upsert). Retention runs on counters, never on iteration numbers.
 """
 
 from __future__ import annotations
