@@ -238,13 +238,15 @@ _CHAIN_KEYFRAME: Final = text(
             ON p.session_id = :p_session_id AND p.iteration_number = c.parent_iteration
          WHERE c.base_message_count > 0
     ), whole AS (
-        SELECT coalesce(jsonb_agg(e.value), '[]'::jsonb) AS h
-          FROM (SELECT iteration_number FROM chain ORDER BY depth DESC) AS o
+        -- The order is the aggregate's own: oldest row of the chain first, each row's
+        -- messages in their order. (A subquery's ORDER BY does not survive the joins.)
+        SELECT coalesce(jsonb_agg(e.value ORDER BY o.depth DESC, e.n), '[]'::jsonb) AS h
+          FROM chain AS o
          CROSS JOIN LATERAL (
                 SELECT message_history FROM agent_checkpoints
                  WHERE session_id = :p_session_id AND iteration_number = o.iteration_number
                ) AS r
-         CROSS JOIN LATERAL jsonb_array_elements(r.message_history) AS e
+         CROSS JOIN LATERAL jsonb_array_elements(r.message_history) WITH ORDINALITY AS e(value, n)
     )
     INSERT INTO agent_checkpoints (
         session_id, job_id, iteration_number, message_history, sandbox_id, current_phase,
