@@ -39,6 +39,7 @@ from app.repositories import (
     ResumeRepository,
     SessionRepository,
 )
+from app.repositories.checkpoint_cache import HistoryCache
 from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
 from app.settings import Settings
 from app.validation import parse_enum, require_int, require_text
@@ -63,6 +64,11 @@ class Runtime:
     #: outage costs the wake path nothing. What was not written is reconciled from
     #: PostgreSQL by the next :func:`reconcile_store` pass, in any process.
     store_retry_at: float = 0.0
+    #: Tips of the sessions this process saved last (O(new messages) saves).
+    history_cache: HistoryCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.history_cache = HistoryCache(self.settings.checkpoint_cache_sessions)
 
     def store_resting(self) -> bool:
         return time.monotonic() < self.store_retry_at
@@ -72,6 +78,7 @@ class Runtime:
             s,
             keep_last=self.settings.checkpoint_keep_last,
             keyframe_every=self.settings.checkpoint_keyframe_every,
+            cache=self.history_cache,
         )
 
     @property

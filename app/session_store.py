@@ -121,10 +121,13 @@ class RedisSessionStore:
         if not states:
             return 0
         encoded = [(self.key(sid), *self._encode(sid, state)) for sid, state in states.items()]
-        pipe = self.redis.pipeline(transaction=False)
-        for key, data, version in encoded:
-            await self._put_script(keys=[key], args=[data, version, self.ttl_seconds], client=pipe)
-        results = await self._call("SET (versioned pipeline)", pipe.execute())
+        # The context resets the pipeline however execute() ends (a failure included).
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, data, version in encoded:
+                await self._put_script(
+                    keys=[key], args=[data, version, self.ttl_seconds], client=pipe
+                )
+            results = await self._call("SET (versioned pipeline)", pipe.execute())
         return sum(1 for written in results if written)
 
     async def version(self, session_id: str) -> int | None:
@@ -149,10 +152,11 @@ class RedisSessionStore:
         returns how many existed."""
         if not session_ids:
             return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for session_id in session_ids:
-            pipe.delete(self.key(session_id))
-        return sum(await self._call("DEL (pipeline)", pipe.execute()))
+        keys = [self.key(session_id) for session_id in session_ids]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.delete(key)
+            return sum(await self._call("DEL (pipeline)", pipe.execute()))
 
     @property
     def _reconciled_key(self) -> str:

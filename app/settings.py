@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # Checkpoint storage.
     checkpoint_keep_last: PositiveInt = 5
     checkpoint_keyframe_every: PositiveInt = 50
+    # Sessions whose last saved history each process remembers (LRU), so that a save
+    # extending it costs O(new messages); 0 turns the cache off.
+    checkpoint_cache_sessions: NonNegativeInt = 1024
 
     # Processes.
     wake_poll_interval: PositiveFloat = 5.0

@@ -299,6 +299,67 @@ async def agent_session(url: str, rounds: int, iterations: int) -> tuple[str, di
     return "\n".join(lines), summary
 
 
+# ------------------------------------------------------------------ case 1b
+
+CHECKPOINTS_AT = (100, 500, 1_000, 2_000)
+WINDOW = 50  # saves per reported point: iterations (n - WINDOW, n]
+
+
+async def long_session(url: str, rounds: int, iterations: int) -> tuple[str, dict[str, Any]]:
+    """A 2,000-iteration session appending 4 messages a save: how the save cost grows."""
+    engine = create_engine(url, pool_size=2)
+    factory = create_session_factory(engine)
+    points = [n for n in CHECKPOINTS_AT if n <= iterations]
+    walls: dict[int, list[float]] = {n: [] for n in points}
+    cpus: dict[int, list[float]] = {n: [] for n in points}
+    for _ in range(rounds):
+        sid = f"bench-{uuid.uuid4().hex[:10]}"
+        async with factory.begin() as s:
+            await SessionRepository(s).create(
+                id=sid, job_id="j", clerk_user_id="bench", tier="partner", model_used=SONNET
+            )
+        history: list[dict[str, Any]] = []
+        async with factory() as s:
+            repo = CheckpointRepository(s)  # the defaults: keep_last=5, keyframe_every=50
+            for i in range(1, iterations + 1):
+                history.extend(message(4 * i + k) for k in range(4))
+                cp = AgentCheckpoint(
+                    session_id=sid, job_id="j", message_history=history, iteration_number=i
+                )
+                t, c = time.perf_counter(), time.process_time()
+                async with s.begin():
+                    await repo.save(cp)
+                wall, cpu = time.perf_counter() - t, time.process_time() - c
+                for n in points:
+                    if n - WINDOW < i <= n:
+                        walls[n].append(wall)
+                        cpus[n].append(cpu)
+            latest = await repo.load_latest(sid)
+            assert latest is not None and latest.message_history == history
+    await engine.dispose()
+
+    base = statistics.mean(walls[points[0]])
+    lines = [
+        f"\n### Long session: {iterations:,} iterations x 4 messages of ~400 characters"
+        f" (defaults; {rounds} sessions, the {WINDOW} saves up to each point)\n",
+        "| iteration | messages | mean save ms | p99 save ms | client CPU µs/save |"
+        f" mean vs iteration {points[0]} |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    summary: dict[str, Any] = {}
+    for n in points:
+        mean = statistics.mean(walls[n])
+        p99 = sorted(walls[n])[max(0, int(len(walls[n]) * 0.99) - 1)]
+        cpu = statistics.mean(cpus[n])
+        lines.append(
+            f"| {n:,} | {4 * n:,} | {mean * 1e3:.3f} | {p99 * 1e3:.2f} | {cpu * 1e6:.0f} |"
+            f" {mean / base:.2f}x |"
+        )
+        summary[str(n)] = {"mean_save_ms": mean * 1e3, "p99_ms": p99 * 1e3,
+                           "cpu_us": cpu * 1e6, "vs_first": mean / base}  # fmt: skip
+    return "\n".join(lines), summary
+
+
 # ------------------------------------------------------------------ case 2
 
 
@@ -573,7 +634,7 @@ async def transitions_and_wakes(
 # ------------------------------------------------------------------ main
 
 
-async def main(quick: bool, out: Path) -> int:
+async def main(quick: bool, out: Path, only: list[str] | None = None) -> int:
     settings = Settings()
     rounds = 2 if quick else 5
     report: dict[str, Any] = {
@@ -600,12 +661,17 @@ async def main(quick: bool, out: Path) -> int:
             print(f"# Benchmarks ({'quick' if quick else 'full'}), PostgreSQL {report['server']}")
             cases = [
                 ("agent_session", agent_session(url, rounds=1 if quick else 3, iterations=200)),
+                ("long_session", long_session(url, rounds=1 if quick else 3,
+                                              iterations=500 if quick else 2_000)),
                 ("save_and_load", save_and_load(url, rounds, ops=20 if quick else 60)),
                 ("charge", charges(url, rounds, per_task=10 if quick else 40)),
                 ("transition_and_wakes", transitions_and_wakes(
                     url, rounds, ops=100 if quick else 400, wakes=2_000 if quick else 10_000)),
             ]  # fmt: skip
             for key, coro in cases:
+                if only and key not in only:
+                    coro.close()
+                    continue
                 text, data = await coro
                 print(text, flush=True)
                 report[key] = data
@@ -629,5 +695,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run in under 2 minutes")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="run only these cases (e.g. agent_session)"
+    )
     args = parser.parse_args()
-    raise SystemExit(asyncio.run(main(args.quick, args.out)))
+    raise SystemExit(asyncio.run(main(args.quick, args.out, args.only)))

@@ -1,7 +1,14 @@
-"""Checkpoint payloads: validation, canonical encoding and the chained history digest.
+"""Checkpoint payloads: exact-type validation, canonical encoding and the history digest.
 
-Pure functions, no I/O. A history is encoded once with orjson (sorted keys); the same
-bytes feed the digest and the JSONB literal, so a save never encodes twice.
+Pure functions, no I/O. A history is checked by one strict walk over its values (which
+also takes the private copy the save cache compares against), then encoded once with
+orjson (sorted keys); the same bytes feed the digest and the JSONB literal.
+
+"JSON-exact" means that what PostgreSQL's JSONB hands back decodes to an equal value
+of the same types: ``dict`` with ``str`` keys, ``list``, ``str``, ``int``, ``bool``,
+``None`` and the floats JSONB keeps as floats. Everything else is refused, never
+converted: orjson would happily write a ``datetime``, ``UUID``, ``Enum``, dataclass or
+``tuple``, and they would come back as ``str``, ``dict`` or ``list``.
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from itertools import chain
+from typing import Any, Final, NoReturn
 
 import orjson
 
@@ -18,75 +26,209 @@ from app.domain import CheckpointPayloadError
 from app.validation import INT_MAX
 
 _OPTIONS: Final = orjson.OPT_SORT_KEYS
-# orjson writes NUL as this escape, and NaN/Infinity as null: a cheap hint that a
-# message needs the slow walk that finds the offending value and its path.
+# orjson writes NUL as this escape; JSONB rejects it. A hit (it may also be the text
+# "\u0000" written by the caller) sends the history through the walk that names it.
 _NUL_ESCAPE: Final = b"\\u0000"
-_NULL: Final = b"null"
+# Integral floats from 1e16 up come back from JSONB as integers (its numeric output has
+# no exponent and no ".0"); below that orjson writes them with ".0", which JSONB keeps.
+FLOAT_LIMIT: Final = 1e16
+# orjson refuses nesting deeper than 254 levels (the history list included); the walk
+# stops a little earlier, so that it, not the encoder, names the message and the path.
+MAX_DEPTH: Final = 250
+INT_MIN: Final = -(2**63)
+INT_LIMIT: Final = 2**64  # orjson encodes and decodes integers in [-2**63, 2**64)
 
 Path = tuple[str | int, ...]
+_PLAIN: Final = frozenset({str, int, bool, type(None)})
+_DICT: Final = frozenset({dict})
+_STR: Final = frozenset({str})
 
 
-def _find_bad_value(value: Any, path: Path = ()) -> tuple[Path, str] | None:
-    """The path of the first value JSONB cannot hold exactly, and why."""
-    if isinstance(value, str):
+class _Refused(Exception):
+    """Raised by the fast walk; the slow walk then finds the path and the reason."""
+
+
+def _refuse() -> NoReturn:
+    raise _Refused
+
+
+def _exact_float(value: float) -> bool:
+    return -FLOAT_LIMIT < value < FLOAT_LIMIT and (value != 0.0 or math.copysign(1.0, value) > 0)
+
+
+def _copy_exact(value: Any, depth: int) -> Any:
+    """A copy of a JSON-exact container (leaves shared), or ``_Refused``.
+
+    The fast walk: exact type checks only, no path bookkeeping. Plain leaves are
+    handled inline so that a typical message costs one call.
+    """
+    if depth > MAX_DEPTH:
+        _refuse()
+    t = type(value)
+    if t is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                _refuse()
+            out[key] = item if type(item) in _PLAIN else _copy_exact(item, depth + 1)
+        return out
+    if t is list:
+        return [item if type(item) in _PLAIN else _copy_exact(item, depth + 1) for item in value]
+    if t is float and _exact_float(value):
+        return value
+    if t in _PLAIN:
+        return value
+    _refuse()
+
+
+def _why_refused(value: Any) -> str | None:
+    """Why a leaf value cannot round-trip through JSONB exactly; None if it can."""
+    t = type(value)
+    if t is str:
         if "\x00" in value:
-            return path, "contains \\u0000, which JSONB cannot store"
+            return "contains \\u0000, which JSONB cannot store"
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return path, "is not valid UTF-8 (a lone surrogate)"
+            return "is not valid UTF-8 (a lone surrogate)"
         return None
-    if isinstance(value, bool) or value is None:
+    if t is bool or value is None:
         return None
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**64:
-            return path, f"integer {value} is too large for JSON"
+    if t is int:
+        if not INT_MIN <= value < INT_LIMIT:
+            return f"integer {value} is too large for JSON"
         return None
-    if isinstance(value, float):
+    if t is float:
         if not math.isfinite(value):
-            return path, f"{value} is not a JSON number"
+            return f"{value} is not a JSON number"
+        if not _exact_float(value):
+            return (
+                f"float {value!r} would not load back as the same float"
+                " (JSONB turns floats of magnitude 1e16 or more into integers and drops"
+                " the sign of -0.0)"
+            )
         return None
+    name = t.__name__
+    if isinstance(value, str | int | float):
+        base = next(b for b in (bool, str, int, float) if isinstance(value, b)).__name__
+        return f"{name} is a subclass of {base} and would load back as a plain {base}"
+    if isinstance(value, tuple):
+        return f"{name} would load back as a list: pass a list"
     if isinstance(value, Mapping):
+        return f"{name} would load back as a dict: pass a dict"
+    return f"{name} is not a JSON value (dict, list, str, int, float, bool or None)"
+
+
+def _find_bad_value(value: Any, path: Path = (), depth: int = 0) -> tuple[Path, str] | None:
+    """The path of the first value JSONB cannot hold exactly, and why (the slow walk)."""
+    if depth > MAX_DEPTH:
+        return path, f"nesting deeper than {MAX_DEPTH} levels"
+    t = type(value)
+    if t is dict:
         for key, item in value.items():
-            if not isinstance(key, str):
-                return (*path, repr(key)), f"object key must be a string, not {type(key).__name__}"
-            found = _find_bad_value(key, (*path, key))
-            if found is not None:
-                return found[0], "key " + found[1]
-            found = _find_bad_value(item, (*path, key))
+            if type(key) is not str:
+                return (*path, repr(key)), f"object key must be a str, not {type(key).__name__}"
+            reason = _why_refused(key)
+            if reason is not None:
+                return (*path, key), "key " + reason
+            found = _find_bad_value(item, (*path, key), depth + 1)
             if found is not None:
                 return found
         return None
-    if isinstance(value, list | tuple):
+    if t is list:
         for i, item in enumerate(value):
-            found = _find_bad_value(item, (*path, i))
+            found = _find_bad_value(item, (*path, i), depth + 1)
             if found is not None:
                 return found
         return None
-    return path, f"{type(value).__name__} is not JSON-serialisable"
+    reason = _why_refused(value)
+    return None if reason is None else (path, reason)
 
 
-def encode_message(message: Any, index: int) -> bytes:
-    """Canonical JSON of one message, or ``CheckpointPayloadError`` naming index and path."""
-    if not isinstance(message, Mapping):
-        raise CheckpointPayloadError(
-            f"message must be a JSON object, not {type(message).__name__}", index=index
-        )
-    try:
-        encoded = orjson.dumps(message, option=_OPTIONS)
-    except (orjson.JSONEncodeError, TypeError) as exc:
+def _raise_for(messages: list[Any], start: int, exc: BaseException | None = None) -> NoReturn:
+    """Raise the ``CheckpointPayloadError`` that names the first bad message and path."""
+    for i in range(start, len(messages)):
+        message = messages[i]
+        if type(message) is not dict:
+            reason = _why_refused(message) if isinstance(message, Mapping) else None
+            raise CheckpointPayloadError(
+                reason or f"message must be a JSON object (dict), not {type(message).__name__}",
+                index=i,
+            )
         try:
             found = _find_bad_value(message)
         except RecursionError:
-            found = None
-        if found is None:
-            raise CheckpointPayloadError(f"cannot be encoded: {exc}", index=index) from exc
-        raise CheckpointPayloadError(found[1], index=index, path=found[0]) from exc
-    if _NUL_ESCAPE in encoded or _NULL in encoded:
-        found = _find_bad_value(message)
+            found = ((), "nesting too deep")
         if found is not None:
-            raise CheckpointPayloadError(found[1], index=index, path=found[0])
-    return encoded
+            raise CheckpointPayloadError(found[1], index=i, path=found[0]) from exc
+    raise CheckpointPayloadError(f"cannot be encoded: {exc}") from exc
+
+
+def copy_messages(messages: list[Any], start: int = 0) -> list[dict[str, Any]]:
+    """Private copies (leaves shared) of ``messages[start:]``, each checked JSON-exact;
+    ``CheckpointPayloadError`` naming the index and key path otherwise."""
+    tail = messages[start:] if start else messages
+    # The common case in C: flat messages of strings, ints, bools and None.
+    if (
+        _DICT.issuperset(map(type, tail))
+        and _PLAIN.issuperset(map(type, chain.from_iterable(map(dict.values, tail))))
+        and _STR.issuperset(map(type, chain.from_iterable(tail)))
+    ):
+        return list(map(dict.copy, tail))
+    try:
+        out = []
+        for message in tail:
+            if type(message) is not dict:
+                _refuse()
+            out.append(_copy_exact(message, 0))
+        return out
+    except (_Refused, RecursionError):
+        _raise_for(messages, start)
+
+
+def encode_messages(messages: list[Any], start: int = 0) -> bytes:
+    """Canonical JSON array of already-checked ``messages[start:]``.
+
+    Refuses what only the encoder sees: integers beyond 64 bits, lone surrogates and NUL.
+    """
+    tail = messages[start:] if start else messages
+    try:
+        body = orjson.dumps(tail, option=_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        _raise_for(messages, start, exc)
+    if _NUL_ESCAPE in body:
+        for i in range(start, len(messages)):
+            found = _find_bad_value(messages[i])
+            if found is not None:
+                raise CheckpointPayloadError(found[1], index=i, path=found[0])
+    return body
+
+
+def new_state(body: bytes) -> Any:
+    """The digest state of a canonical history (its bytes but the closing bracket).
+
+    The digest of a history is SHA-256 of its canonical JSON; keeping the state before
+    ``]`` lets an extension be hashed by feeding only the new messages.
+    """
+    return hashlib.sha256(memoryview(body)[:-1])
+
+
+def extend_state(state: Any, count: int, tail: bytes) -> Any:
+    """The state of a history of ``count`` messages extended by the array ``tail``."""
+    out = state.copy()
+    if len(tail) > 2:
+        inner = memoryview(tail)[1:-1]
+        if count:
+            out.update(b",")
+        out.update(inner)
+    return out
+
+
+def finish(state: Any) -> bytes:
+    """The digest of the history whose state this is."""
+    done = state.copy()
+    done.update(b"]")
+    return bytes(done.digest())
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +237,7 @@ class EncodedHistory:
 
     messages: list[Any]
     body: bytes
+    copies: list[dict[str, Any]]
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -118,35 +261,23 @@ class EncodedHistory:
 def encode_history(history: Any) -> EncodedHistory:
     """Validate and encode a whole message history (a list of JSON objects).
 
-    One orjson call encodes the list. Only when that fails, or its output hints at a
-    value JSONB cannot hold exactly (NUL, or NaN/Infinity which orjson writes as
-    null), are the messages walked one by one to name the index and key path.
+    One strict walk checks every value's exact type (and takes private copies); one
+    orjson call encodes the list. ``CheckpointPayloadError`` names the message index
+    and the key path of the first value that would not load back equal and of the
+    same type.
     """
-    if not isinstance(history, list):
+    if type(history) is not list:
         raise CheckpointPayloadError(
             f"message history must be a list of objects, not {type(history).__name__}"
         )
-    for i, message in enumerate(history):
-        if type(message) is not dict and not isinstance(message, Mapping):
-            raise CheckpointPayloadError(
-                f"message must be a JSON object, not {type(message).__name__}", index=i
-            )
-    try:
-        body = orjson.dumps(history, option=_OPTIONS)
-    except (orjson.JSONEncodeError, TypeError):
-        body = b""
-    if not body or _NUL_ESCAPE in body or _NULL in body:
-        for i, message in enumerate(history):
-            encode_message(message, i)
-        if not body:  # pragma: no cover - every message encoded on its own
-            raise CheckpointPayloadError("cannot be encoded")
-    return EncodedHistory(history, body)
+    copies = copy_messages(history)
+    return EncodedHistory(history, encode_messages(history), copies)
 
 
 def digest(canonical: bytes) -> bytes:
-    """BLAKE2b-256 of a canonical history. Equal digests mean equal histories, and a
-    history extends another exactly when the digest of its prefix equals the other's."""
-    return hashlib.blake2b(canonical, digest_size=32).digest()
+    """SHA-256 of a canonical history. Equal digests mean equal histories, and a history
+    extends another exactly when the digest of its prefix equals the other's."""
+    return hashlib.sha256(canonical).digest()
 
 
 def check_retry_counts(value: Any) -> dict[str, int]:
@@ -156,11 +287,11 @@ def check_retry_counts(value: Any) -> dict[str, int]:
             f"must be a mapping of str to int, not {type(value).__name__}", field="retry_counts"
         )
     for key, count in value.items():
-        if not isinstance(key, str) or not key or _find_bad_value(key) is not None:
+        if type(key) is not str or not key or _why_refused(key) is not None:
             raise CheckpointPayloadError(
                 f"key {key!r} must be a non-empty string", field="retry_counts", path=(repr(key),)
             )
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= INT_MAX:
+        if type(count) is not int or not 0 <= count <= INT_MAX:
             raise CheckpointPayloadError(
                 f"count must be a non-negative integer, got {count!r}",
                 field="retry_counts",
@@ -170,8 +301,12 @@ def check_retry_counts(value: Any) -> dict[str, int]:
 
 
 def rebuild(keyframe: list[Any], deltas: Iterable[tuple[int, list[Any]]]) -> list[Any]:
-    """The full history: a keyframe, then each delta's messages after its base count."""
-    history = keyframe
+    """The full history: a keyframe, then each delta's messages after its base count.
+
+    One list is built and extended in place, so a chain of appends costs O(messages).
+    """
+    history = list(keyframe)
     for base, messages in deltas:
-        history = history[:base] + messages
+        del history[base:]
+        history.extend(messages)
     return history

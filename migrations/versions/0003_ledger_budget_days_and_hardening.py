@@ -14,10 +14,11 @@ Create Date: 2026-03-10
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0003"
@@ -28,6 +29,36 @@ depends_on: str | Sequence[str] | None = None
 TIERS = "'bootstrapper', 'partner', 'cto_scale'"
 STATUSES = "'working', 'sleeping', 'budget_exceeded', 'completed'"
 JSONB_COLUMNS = ("message_history", "retry_counts")
+# A JSON escape of NUL that is not itself escaped (preceded by an even number of
+# backslashes). `json` stores it as written; `jsonb` refuses it.
+NUL_ESCAPE = r"(?<!\\)((?:\\\\)*)\\u0000"
+# U+FFFD REPLACEMENT CHARACTER, as a JSON escape.
+REPLACEMENT = r"\1\\ufffd"
+
+log = logging.getLogger("alembic.runtime.migration")
+
+
+def _replace_nul_escapes(table: str, column: str) -> int:
+    """Replace each \\u0000 in a json column with \\ufffd, so the cast to jsonb succeeds;
+    returns how many rows changed."""
+    t = sa.table(table, sa.column(column, sa.JSON()))
+    as_text = sa.cast(t.c[column], sa.Text())
+    repaired = sa.func.regexp_replace(as_text, NUL_ESCAPE, REPLACEMENT, "g")
+    result = op.get_bind().execute(
+        sa.update(t)
+        .values({column: sa.cast(repaired, sa.JSON())})
+        .where(sa.func.strpos(as_text, "\\u0000") > 0, as_text.regexp_match(NUL_ESCAPE))
+    )
+    changed = int(result.rowcount)
+    if changed:
+        message = (
+            f"0003: {changed} row(s) of {table}.{column} held \\u0000, which jsonb cannot"
+            " store; each one was replaced with U+FFFD"
+        )
+        log.warning(message)
+        if context.config is not None:
+            context.config.print_stdout(message)
+    return changed
 
 
 def _server_has_lz4() -> bool:
@@ -125,6 +156,7 @@ def upgrade() -> None:
             existing_nullable=False,
         )
     for column in JSONB_COLUMNS:
+        _replace_nul_escapes("agent_checkpoints", column)
         op.alter_column(
             "agent_checkpoints",
             column,

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AgentCheckpoint, AgentSession
 from app.domain import (
@@ -20,8 +21,10 @@ from app.domain import (
     CheckpointPayloadError,
     InvalidInput,
     SessionNotFound,
+    SessionStatus,
 )
 from app.repositories import CheckpointRepository
+from app.repositories.checkpoints import retention_trigger
 from tests.integration.helpers import Factory, make_session
 
 
@@ -52,14 +55,20 @@ def checkpoint(
     )
 
 
+def repository(
+    s: AsyncSession, *, keep_last: int = 5, keyframe_every: int = 50
+) -> CheckpointRepository:
+    return CheckpointRepository(s, keep_last=keep_last, keyframe_every=keyframe_every)
+
+
 async def save(factory: Factory, cp: AgentCheckpoint, **repo: int) -> AgentCheckpoint:
     async with factory.begin() as s:
-        return await CheckpointRepository(s, **repo).save(cp)
+        return await repository(s, **repo).save(cp)
 
 
 async def load(factory: Factory, session_id: str, iteration: int, **repo: int) -> AgentCheckpoint:
     async with factory() as s:
-        return await CheckpointRepository(s, **repo).load(session_id, iteration)
+        return await repository(s, **repo).load(session_id, iteration)
 
 
 FIELDS = (
@@ -296,7 +305,10 @@ async def test_retention_keeps_the_newest_and_bounds_the_rows(session_factory: F
     for i in (0, 50, 94):
         with pytest.raises(CheckpointNotFound):
             await load(session_factory, "s-1", i, keep_last=5)
-    assert max(counts) <= 5 + 10
+    # The newest 5, the chain back to their keyframe (< 10) and the rows added between
+    # two retention runs.
+    prune_every, _ = retention_trigger(5, 10)
+    assert max(counts) <= 5 + 10 - 1 + prune_every
     async with session_factory() as s:
         listed = await CheckpointRepository(s, keep_last=5).list("s-1")
     assert [c.iteration_number for c in listed] == [99, 98, 97, 96, 95]
@@ -358,6 +370,11 @@ BAD = [
     ("nul", {"message_history": [{"a": 1}, {"c": [{"t": "x\x00y"}]}]}, 1, ("c", 0, "t")),
     ("nul key", {"message_history": [{"k\x00": 1}]}, 0, ("k\x00",)),
     ("unencodable", {"message_history": [{"when": datetime}]}, 0, ("when",)),
+    ("datetime", {"message_history": [{"a": [datetime(2026, 1, 1, tzinfo=UTC)]}]}, 0, ("a", 0)),
+    ("str enum", {"message_history": [{"role": SessionStatus.WORKING}]}, 0, ("role",)),
+    ("tuple", {"message_history": [{"a": 1}, {"args": (1, 2)}]}, 1, ("args",)),
+    ("float to int", {"message_history": [{"x": 1.2345678901234568e18}]}, 0, ("x",)),
+    ("negative zero", {"message_history": [{"x": -0.0}]}, 0, ("x",)),
     ("nan", {"message_history": [{"score": float("nan")}]}, 0, ("score",)),
     ("surrogate", {"message_history": [{"a": "\ud800"}]}, 0, ("a",)),
     ("retry not mapping", {"retry_counts": [1, 2]}, None, ()),
@@ -492,7 +509,7 @@ async def test_every_retained_checkpoint_loads_as_saved(
             iteration = iteration + arg + 1  # leave a gap, fill it later
         elif op == "prune":
             async with session_factory.begin() as s:
-                await CheckpointRepository(s, **repo_args).prune(sid, keep_last=arg)
+                await repository(s, **repo_args).prune(sid, keep_last=arg)
             saved = {k: v for k, v in saved.items() if k in sorted(saved)[-arg:]}
             continue
         await save(session_factory, checkpoint(iteration, history, session_id=sid), **repo_args)
@@ -504,7 +521,7 @@ async def test_every_retained_checkpoint_loads_as_saved(
         got = await load(session_factory, sid, it, **repo_args)
         assert got.message_history == saved[it], f"iteration {it}"
     async with session_factory() as s:
-        latest = await CheckpointRepository(s, **repo_args).load_latest(sid)
+        latest = await repository(s, **repo_args).load_latest(sid)
     if not saved:
         assert latest is None
         return

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_engine, create_session_factory
-from app.db.migrate import current, downgrade, upgrade
+from app.db.migrate import alembic_config, current, downgrade, upgrade
 from app.db.models import AgentCheckpoint
 from app.repositories import CheckpointRepository
 
@@ -157,5 +160,73 @@ async def test_upgrade_and_downgrade_with_data(make_database: Callable[[], Await
 
         await upgrade(engine)
         assert await rows(engine) == expected
+    finally:
+        await engine.dispose()
+
+
+# JSON text as a legacy writer stored it in 0002's `json` column, and what jsonb holds
+# after the upgrade: each NUL escape becomes U+FFFD, and nothing else changes (an
+# escaped backslash followed by "u0000" is text, not a NUL).
+LEGACY = [
+    (r'[{"content": "tool output\u0000tail"}]', [{"content": "tool output\ufffdtail"}]),
+    (r'[{"a": "\u0000\u0000", "b": "x"}]', [{"a": "\ufffd\ufffd", "b": "x"}]),
+    (r'[{"k\u0000": [1, "\\\u0000"]}]', [{"k\ufffd": [1, "\\\ufffd"]}]),
+    (r'[{"text": "\\u0000 is how JSON writes NUL"}]', [{"text": "\\u0000 is how JSON writes NUL"}]),
+    (r'[{"clean": true}]', [{"clean": True}]),
+]
+
+
+async def test_upgrade_replaces_nul_in_legacy_json_and_reports_it(
+    make_database: Callable[[], Awaitable[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(await make_database())
+    try:
+        await upgrade(engine, "0002")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO agent_sessions (id, job_id, clerk_user_id, tier, model_used,"
+                    " status, cumulative_cost_microdollars, daily_budget_microdollars)"
+                    " VALUES ('s-nul', 'j', 'u-1', 'partner', 'claude-sonnet-4-20250514',"
+                    " 'working', 0, 0)"
+                )
+            )
+            for it, (raw, _) in enumerate(LEGACY):
+                await conn.execute(
+                    text(
+                        "INSERT INTO agent_checkpoints (session_id, job_id, message_history,"
+                        " retry_counts, session_cost_microdollars, daily_budget_microdollars,"
+                        " iteration_number, agent_state)"
+                        " VALUES ('s-nul', 'j', CAST(:h AS json), CAST(:r AS json), 0, 0, :it,"
+                        " 'working')"
+                    ),
+                    {"h": raw, "r": r'{"bash\u0000": 1}' if it == 0 else "{}", "it": it},
+                )
+        with caplog.at_level(logging.WARNING, logger="alembic.runtime.migration"):
+            await upgrade(engine)
+        assert (
+            await current(engine)
+            == ScriptDirectory.from_config(alembic_config()).get_current_head()
+        )
+        async with engine.connect() as conn:
+            stored = (
+                await conn.execute(
+                    text(
+                        "SELECT message_history, retry_counts, message_count FROM"
+                        " agent_checkpoints WHERE session_id = 's-nul' ORDER BY iteration_number"
+                    )
+                )
+            ).all()
+        assert [json.loads(json.dumps(r[0])) for r in stored] == [want for _, want in LEGACY]
+        assert stored[0][1] == {"bash\ufffd": 1}
+        assert [r[2] for r in stored] == [1] * len(LEGACY)
+        reports = [r.getMessage() for r in caplog.records if "U+FFFD" in r.getMessage()]
+        assert any("3 row(s) of agent_checkpoints.message_history" in m for m in reports)
+        assert any("1 row(s) of agent_checkpoints.retry_counts" in m for m in reports)
+
+        # The repository reads the repaired rows like any other.
+        async with create_session_factory(engine)() as s:
+            latest = await CheckpointRepository(s).load("s-nul", 0)
+        assert latest.message_history == LEGACY[0][1]
     finally:
         await engine.dispose()
