@@ -5,11 +5,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Protocol, runtime_checkable
 
 from app.domain import InvalidInput
 
 #: What workers and lifecycle functions take: a callable returning an aware datetime.
 Clock = Callable[[], datetime]
+
+
+@runtime_checkable
+class PacedClock(Protocol):
+    """A clock whose time may run at another pace than real time (:class:`VirtualClock`):
+    it says how long a stretch of its time takes in real seconds."""
+
+    def __call__(self) -> datetime: ...
+
+    def real_seconds(self, virtual: timedelta) -> float: ...
+
+
+def real_seconds_until(clock: Clock, moment: datetime) -> float:
+    """Real seconds to wait until ``moment`` on ``clock`` (zero when it has passed)."""
+    delta = moment - clock()
+    if isinstance(clock, PacedClock):
+        return clock.real_seconds(delta)
+    return max(0.0, delta.total_seconds())
 
 
 def utc_now() -> datetime:

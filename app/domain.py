@@ -44,11 +44,6 @@ ALLOWED_SOURCES: Final[dict[SessionStatus, frozenset[SessionStatus]]] = {
 }
 
 
-def is_allowed(source: SessionStatus, target: SessionStatus) -> bool:
-    """Whether the state machine has an edge ``source -> target``."""
-    return source in ALLOWED_SOURCES[target]
-
-
 # --------------------------------------------------------------------------- errors
 
 

@@ -1,12 +1,12 @@
-"""What an LLM call costs, and which model a tier runs on (BDGT-05, BDGT-06)."""
+"""What an LLM call costs (BDGT-06): integer arithmetic, no I/O, no settings read."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from app.domain import Tier, UnknownModel
-from app.settings import ModelPrice, Settings, default_prices
-from app.validation import parse_enum, require_int
+from app.domain import UnknownModel
+from app.settings import ModelPrice, default_prices
+from app.validation import require_int
 
 TOKENS_PER_PRICE_UNIT = 1_000_000
 #: A single call above this many tokens is not a real call; refuse it as bad input.
@@ -36,8 +36,3 @@ def cost_microdollars(
         i * price.input_per_mtok // TOKENS_PER_PRICE_UNIT
         + o * price.output_per_mtok // TOKENS_PER_PRICE_UNIT
     )
-
-
-def model_for_tier(tier: Tier | str, settings: Settings | None = None) -> str:
-    """The model a new session of ``tier`` runs on, fixed for its life (BDGT-05)."""
-    return (settings or Settings()).model_for(parse_enum(Tier, tier, "tier"))

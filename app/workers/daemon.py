@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.budget import policy
-from app.clock import Clock, utc_now
+from app.clock import Clock, real_seconds_until, utc_now
 from app.domain import SessionStatus, SessionStoreUnavailable
 from app.lifecycle import Runtime, enforce_budgets, gauges, reconcile_store
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import metrics
 from app.workers.backoff import tick_forever
-from app.workers.wake import real_seconds_until
 
 log = logging.getLogger("app.daemon")
 

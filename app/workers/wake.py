@@ -11,12 +11,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.clock import Clock, utc_now
+from app.clock import Clock, real_seconds_until, utc_now
 from app.lifecycle import (
     WAKE_CHANNEL,
     RestoredSession,
@@ -52,13 +51,6 @@ class WakeReport:
     orphans: int = 0
     store_errors: int = 0
     batches: int = 0
-
-
-def real_seconds_until(clock: Clock, moment: datetime) -> float:
-    """Real seconds until ``moment`` on ``clock`` (a virtual clock may run faster)."""
-    delta = moment - clock()
-    convert = getattr(clock, "real_seconds", None)
-    return float(convert(delta)) if convert else max(0.0, delta.total_seconds())
 
 
 class _Dispatcher:

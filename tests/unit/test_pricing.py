@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.budget.pricing import cost_microdollars, model_for_tier
-from app.domain import InvalidInput, UnknownModel
+from app.budget.pricing import cost_microdollars
+from app.domain import InvalidInput, Tier, UnknownModel
 from app.settings import OPUS, SONNET, ModelPrice, Settings
+from app.validation import parse_enum
 
 
 def test_default_prices() -> None:
@@ -43,11 +44,11 @@ def test_bad_token_counts_are_typed_errors(tokens: object) -> None:
 
 def test_model_follows_the_tier() -> None:
     s = Settings(_env_file=None)
-    assert model_for_tier("cto_scale", s) == OPUS
-    assert model_for_tier("partner", s) == SONNET
-    assert model_for_tier("bootstrapper", s) == SONNET
+    assert s.model_for(parse_enum(Tier, "cto_scale", "tier")) == OPUS
+    assert s.model_for(parse_enum(Tier, "partner", "tier")) == SONNET
+    assert s.model_for(parse_enum(Tier, "bootstrapper", "tier")) == SONNET
     with pytest.raises(InvalidInput, match="tier"):
-        model_for_tier("enterprise", s)
+        s.model_for(parse_enum(Tier, "enterprise", "tier"))
 
 
 @given(

@@ -73,8 +73,3 @@ class AgentCheckpoint(Base):
     updated_at: Mapped[datetime] = mapped_column(
         server_default=func.now(), onupdate=func.now(), init=False, repr=False
     )
-
-    @property
-    def is_keyframe(self) -> bool:
-        """Whether this row stores its whole history."""
-        return self.base_message_count == 0
