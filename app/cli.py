@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Protocol
 
-from redis.asyncio import Redis
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
-from app.budget import policy
-from app.clock import utc_now
-from app.db.engine import create_engine, create_session_factory, mask_password
+from app.bootstrap import Connected, UsageError, connect
+from app.db.engine import create_engine, mask_password
 from app.db.migrate import upgrade
-from app.db.models import BudgetDay
 from app.domain import InvalidInput, InvalidTransition, SessionNotFound, SessionStatus
 from app.lifecycle import (
     RestoredSession,
@@ -34,52 +25,14 @@ from app.lifecycle import (
     find_sessions,
     inspect_session,
     redeliver,
+    status,
     top_up,
 )
-from app.local_services import LocalServices, local_services
-from app.repositories import SessionRepository
-from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import BudgetDaemon, WakeWorker, metrics
 from app.workers.wake import ResumeHook
 
 log = logging.getLogger("app")
-
-
-class UsageError(Exception):
-    """Bad command-line input; printed without a traceback, exit code 2."""
-
-
-@dataclass
-class Connected:
-    engine: AsyncEngine
-    session_factory: async_sessionmaker[AsyncSession]
-    store: RedisSessionStore
-    services: LocalServices
-
-
-@contextlib.asynccontextmanager
-async def connect(settings: Settings, *, embedded_ok: bool) -> AsyncIterator[Connected]:
-    """Engine, session factory and store; embedded servers when allowed and unconfigured."""
-    if not embedded_ok and not (settings.database_url and settings.redis_url):
-        raise UsageError(
-            "DATABASE_URL and REDIS_URL must be set: separate worker and daemon processes"
-            " have to share one database (`run` and `demo` start embedded servers instead)"
-        )
-    with local_services(settings.database_url, settings.redis_url) as services:
-        if services.embedded:
-            print(f"embedded PostgreSQL at {mask_password(services.database_url)}", flush=True)
-            print(f"embedded Redis at {mask_password(services.redis_url)}", flush=True)
-        engine = create_engine(services.database_url)
-        redis = Redis.from_url(services.redis_url)
-        store = RedisSessionStore(
-            redis, prefix=settings.redis_prefix, timeout=settings.store_timeout_seconds
-        )
-        try:
-            yield Connected(engine, create_session_factory(engine), store, services)
-        finally:
-            await redis.aclose()
-            await engine.dispose()
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -194,42 +147,22 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     async with connect(settings, embedded_ok=False) as c:
         print(f"database {mask_password(c.services.database_url)}")
-        await print_status(c.session_factory, top=args.top)
+        await print_status(c.runtime(settings), top=args.top)
     return 0
 
 
-async def print_status(factory: async_sessionmaker[AsyncSession], *, top: int = 10) -> None:
+async def print_status(rt: Runtime, *, top: int = 10) -> None:
     """Counts by status, due and overdue sleepers, and today's spend for the top users."""
-    now = utc_now()
-    today = policy.budget_day(now)
-    async with factory() as s:
-        repo = SessionRepository(s)
-        counts = await repo.count_by_status()
-        due, oldest = await repo.due_stats(now=now)
-        overdue, _ = await repo.due_stats(now=now - timedelta(minutes=5))
-        upcoming = await repo.next_wake_at()
-        spend = (
-            await s.execute(
-                select(
-                    BudgetDay.clerk_user_id,
-                    BudgetDay.spent_microdollars,
-                    BudgetDay.budget_microdollars,
-                )
-                .where(BudgetDay.day == today)
-                .order_by(BudgetDay.spent_microdollars.desc(), BudgetDay.clerk_user_id)
-                .limit(top)
-            )
-        ).all()
-        users = await s.scalar(
-            select(func.count()).select_from(BudgetDay).where(BudgetDay.day == today)
-        )
-    print("sessions  " + "  ".join(f"{k.value}={v}" for k, v in counts.items()))
+    report = await status(rt, top=top)
+    print("sessions  " + "  ".join(f"{k.value}={v}" for k, v in report.by_status.items()))
+    oldest, upcoming = report.oldest_due, report.next_wake_at
     lag = f", oldest due since {oldest.isoformat()}" if oldest else ""
     nxt = upcoming.isoformat() if upcoming else "-"
-    print(f"sleepers  due={due} overdue(>5m)={overdue}{lag}, next wake {nxt}")
-    print(f"spend on {today} (UTC), top {min(top, users or 0)} of {users or 0} users:")
+    print(f"sleepers  due={report.due} overdue(>5m)={report.overdue}{lag}, next wake {nxt}")
+    shown = len(report.top_spenders)
+    print(f"spend on {report.day} (UTC), top {shown} of {report.users} users:")
     print(f"  {'user':<24} {'spent $':>12} {'budget $':>12} {'used':>7}")
-    for user, spent, budget in spend:
+    for user, spent, budget in report.top_spenders:
         used = f"{100 * spent / budget:6.1f}%" if budget else "   n/a"
         print(f"  {user:<24} {spent / 1e6:>12.4f} {budget / 1e6:>12.4f} {used:>7}")
 

@@ -25,6 +25,7 @@ from typing import Any, Final
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.bootstrap import UsageError, connect
 from app.budget import policy
 from app.clock import VirtualClock
 from app.db.migrate import upgrade
@@ -495,8 +496,6 @@ async def spend_by_day_and_tier(
 
 
 async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from app.cli import UsageError, connect
-
     if args.sessions < 1 or args.days < 1:
         raise UsageError("--sessions and --days must be at least 1")
     start = datetime.combine(datetime.now(UTC).date(), dtime(8, 0), tzinfo=UTC)

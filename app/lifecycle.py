@@ -690,6 +690,35 @@ async def charge(
     return result
 
 
+@dataclass
+class Status:
+    """What ``python -m app status`` shows."""
+
+    day: date
+    by_status: dict[SessionStatus, int]
+    due: int
+    oldest_due: datetime | None
+    overdue: int
+    next_wake_at: datetime | None
+    users: int
+    top_spenders: list[tuple[str, int, int]]
+
+
+async def status(rt: Runtime, *, top: int = 10) -> Status:
+    """Counts by status, due and overdue (by 5 minutes) sleepers, the next wake, and the
+    day's spend for the ``top`` users, all on the runtime's clock."""
+    now = rt.clock()
+    day = policy.budget_day(now)
+    async with rt.session_factory() as s:
+        repo = SessionRepository(s)
+        by_status = await repo.count_by_status()
+        due, oldest = await repo.due_stats(now=now)
+        overdue, _ = await repo.due_stats(now=now - timedelta(minutes=5))
+        upcoming = await repo.next_wake_at()
+        users, spenders = await BudgetRepository(s, rt.settings).day_spend(day, top=top)
+    return Status(day, by_status, due, oldest, overdue, upcoming, users, spenders)
+
+
 # ------------------------------------------------------------------- operators
 
 
@@ -823,6 +852,7 @@ __all__ = [
     "Gauges",
     "RestoredSession",
     "Runtime",
+    "Status",
     "WakePass",
     "acknowledge",
     "charge",
@@ -843,6 +873,7 @@ __all__ = [
     "session_state",
     "sleep_session",
     "start_session",
+    "status",
     "stop_session",
     "top_up",
     "wake_due",

@@ -426,6 +426,21 @@ class BudgetRepository:
         )
         return found
 
+    async def day_spend(
+        self, day: date, *, top: int = 10
+    ) -> tuple[int, list[tuple[str, int, int]]]:
+        """How many users have a row for ``day``, and the ``top`` biggest spenders on it
+        as (clerk_user_id, spent, budget), biggest first."""
+        require_int(top, "top", minimum=0, maximum=10_000)
+        users = await self.session.scalar(select(func.count()).where(_day.day == day))
+        rows = await self.session.execute(
+            select(_day.clerk_user_id, _day.spent_microdollars, _day.budget_microdollars)
+            .where(_day.day == day)
+            .order_by(_day.spent_microdollars.desc(), _day.clerk_user_id)
+            .limit(top)
+        )
+        return int(users or 0), [(user, int(spent), int(budget)) for user, spent, budget in rows]
+
     async def spent(self, clerk_user_id: str, day: date) -> int:
         """What the user has spent on ``day`` so far (0 when there is no row)."""
         require_text(clerk_user_id, "clerk_user_id")

@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import delete, func, select
 
-from app.cli import UsageError, build_parser, cmd_top_up
+from app.bootstrap import UsageError
+from app.cli import build_parser, cmd_top_up
 from app.db.models import AgentCheckpoint, BudgetCredit, BudgetDay
 from app.domain import Decision, InvalidInput
 from app.lifecycle import RestoredSession, Runtime, sleep_session, start_session, top_up

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.cli import UsageError, build_parser, format_usd, parse_usd
+from app.bootstrap import UsageError
+from app.cli import build_parser, format_usd, parse_usd
 
 
 @pytest.mark.parametrize(
