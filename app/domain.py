@@ -152,5 +152,15 @@ class SessionStoreUnavailable(DomainError):
     """Redis did not answer in time or answered with an error."""
 
 
+class TransactionConflict(DomainError):
+    """PostgreSQL aborted the transaction to keep concurrent ones consistent (a
+    serialisation failure or a deadlock); nothing of it was written: run it again."""
+
+
+class DatabaseError(DomainError):
+    """PostgreSQL refused a statement for a reason none of the other errors names; the
+    SQLSTATE is in the message. Nothing of the transaction was written."""
+
+
 class DatabaseUnavailable(DomainError):
     """PostgreSQL could not be reached or dropped the connection mid-transaction."""

@@ -30,7 +30,7 @@ from app.budget.pricing import MAX_TOKENS_PER_CALL, cost_microdollars
 from app.db.models import AgentCostEvent, AgentSession, BudgetCredit, BudgetDay, UserSettings
 from app.domain import Decision, InvalidInput, SessionNotFound, SessionStatus, Tier
 from app.repositories.budget_rules import saturating_add, stops
-from app.repositories.errors import translate_errors
+from app.repositories.errors import translate_errors, translated
 from app.settings import Settings
 from app.validation import (
     MAX_MODEL_LENGTH,
@@ -142,6 +142,7 @@ def _build_charge_statement() -> Select[Any]:
 _CHARGE: Final = _build_charge_statement()
 
 
+@translated
 class BudgetRepository:
     """Charges and daily budgets. Never commits: the caller owns the transaction."""
 

@@ -70,7 +70,7 @@ from app.repositories.checkpoint_codec import (
     new_state,
 )
 from app.repositories.checkpoint_codec import rebuild as rebuild_history
-from app.repositories.errors import translate_errors
+from app.repositories.errors import translate_errors, translated
 from app.validation import INT_MAX, parse_enum, require_int, require_money, require_text
 
 MetaRow = Row[*tuple[Any, ...]]
@@ -531,6 +531,7 @@ def _rebuild_chain(session_id: str, rows: Sequence[MetaRow]) -> tuple[MetaRow, l
     return rows[-1], history
 
 
+@translated
 class CheckpointRepository:
     """Checkpoints of agent sessions. Never commits: the caller owns the transaction."""
 

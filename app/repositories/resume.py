@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AgentCostEvent, AgentSession
 from app.domain import SessionNotFound, SessionStatus, StaleRunner
-from app.repositories.errors import translate_errors
+from app.repositories.errors import translate_errors, translated
 from app.repositories.sessions import owed_resume
 from app.validation import require_int, require_text
 
@@ -50,6 +50,7 @@ def _due() -> list[ColumnElement[bool]]:
     ]
 
 
+@translated
 class ResumeRepository:
     """Resume obligations on ``agent_sessions``. Never commits: the caller owns the
     transaction."""

@@ -39,7 +39,7 @@ from app.domain import (
     Tier,
 )
 from app.repositories.budget_rules import stops
-from app.repositories.errors import translate_errors
+from app.repositories.errors import translate_errors, translated
 from app.validation import (
     MAX_MODEL_LENGTH,
     parse_enum,
@@ -130,6 +130,7 @@ def _build_transition(target: SessionStatus) -> Any:
 _TRANSITIONS: Final = {target: _build_transition(target) for target in SessionStatus}
 
 
+@translated
 class SessionRepository:
     """Agent sessions. Never commits: the caller owns the transaction."""
 

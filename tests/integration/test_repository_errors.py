@@ -1,0 +1,213 @@
+"""Every public repository method raises only the domain's typed errors for driver
+failures (an unreachable server, a serialisation failure, a constraint), and no
+repository ever commits: the caller's transaction decides."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.engine import create_engine, create_session_factory
+from app.db.models import AgentCheckpoint, AgentCostEvent, AgentSession, BudgetDay
+from app.domain import DatabaseUnavailable, SessionNotFound, TransactionConflict
+from app.repositories import (
+    BudgetRepository,
+    CheckpointRepository,
+    ResumeRepository,
+    SessionRepository,
+)
+from app.settings import SONNET, Settings
+from tests.integration.helpers import Factory, make_session
+
+NOW = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
+DAY = date(2031, 5, 1)
+SETTINGS = Settings(_env_file=None)
+REPOSITORIES = (SessionRepository, BudgetRepository, CheckpointRepository, ResumeRepository)
+
+Call = Callable[[AsyncSession], Awaitable[Any]]
+
+
+def checkpoint() -> AgentCheckpoint:
+    return AgentCheckpoint(
+        session_id="s-1", job_id="j", message_history=[{"n": 1}], iteration_number=1
+    )
+
+
+# One well-formed call of every public method: what each would do against a server.
+CALLS: dict[str, Call] = {
+    "SessionRepository.create": lambda s: SessionRepository(s).create(
+        id="s-9", job_id="j", clerk_user_id="u", tier="partner", model_used=SONNET
+    ),
+    "SessionRepository.get": lambda s: SessionRepository(s).get("s-1"),
+    "SessionRepository.get_or_none": lambda s: SessionRepository(s).get_or_none("s-1"),
+    "SessionRepository.transition": lambda s: SessionRepository(s).transition(
+        "s-1", "completed", expected="working"
+    ),
+    "SessionRepository.add_cost": lambda s: SessionRepository(s).add_cost("s-1", 5),
+    "SessionRepository.wake_many": lambda s: SessionRepository(s).wake_many({"s-1": 1}),
+    "SessionRepository.set_working_budget": lambda s: SessionRepository(s).set_working_budget(
+        "s-1", 7
+    ),
+    "SessionRepository.claim_due_for_wake": lambda s: SessionRepository(s).claim_due_for_wake(
+        now=NOW
+    ),
+    "SessionRepository.defer_wakes": lambda s: SessionRepository(s).defer_wakes({"s-1": NOW}),
+    "SessionRepository.next_wake_at": lambda s: SessionRepository(s).next_wake_at(),
+    "SessionRepository.due_stats": lambda s: SessionRepository(s).due_stats(now=NOW),
+    "SessionRepository.sleep_over_budget": lambda s: SessionRepository(s).sleep_over_budget(
+        day=DAY, silent_for=timedelta(0), wake_at=NOW
+    ),
+    "SessionRepository.stop_over_budget": lambda s: SessionRepository(s).stop_over_budget(day=DAY),
+    "SessionRepository.resume_within_budget": lambda s: SessionRepository(s).resume_within_budget(
+        clerk_user_id="u", day=DAY
+    ),
+    "SessionRepository.request_wake": lambda s: SessionRepository(s).request_wake(
+        session_id="s-1", now=NOW
+    ),
+    "SessionRepository.notify_workers": lambda s: SessionRepository(s).notify_workers(),
+    "SessionRepository.snapshot_rows": lambda s: SessionRepository(s).snapshot_rows(["s-1"]),
+    "SessionRepository.changed_since": lambda s: SessionRepository(s).changed_since(
+        None, horizon=timedelta(hours=1)
+    ),
+    "SessionRepository.list_by_status": lambda s: SessionRepository(s).list_by_status("working"),
+    "SessionRepository.count_by_status": lambda s: SessionRepository(s).count_by_status(),
+    "BudgetRepository.charge": lambda s: BudgetRepository(s, SETTINGS).charge(
+        session_id="s-1",
+        request_id="r-1",
+        model=SONNET,
+        input_tokens=1,
+        output_tokens=1,
+        now=NOW,
+    ),  # fmt: skip
+    "BudgetRepository.daily_budget": lambda s: BudgetRepository(s, SETTINGS).daily_budget(
+        "u", DAY, tier="partner"
+    ),
+    "BudgetRepository.daily_budgets": lambda s: BudgetRepository(s, SETTINGS).daily_budgets(
+        {"u": "partner"}, DAY
+    ),
+    "BudgetRepository.top_up": lambda s: BudgetRepository(s, SETTINGS).top_up(
+        "u", 1_000_000, now=NOW
+    ),
+    "BudgetRepository.last_charge_day": lambda s: BudgetRepository(s, SETTINGS).last_charge_day(
+        "s-1"
+    ),
+    "BudgetRepository.day_spend": lambda s: BudgetRepository(s, SETTINGS).day_spend(DAY),
+    "BudgetRepository.spent": lambda s: BudgetRepository(s, SETTINGS).spent("u", DAY),
+    "CheckpointRepository.save": lambda s: CheckpointRepository(s).save(checkpoint()),
+    "CheckpointRepository.load_latest": lambda s: CheckpointRepository(s).load_latest("s-1"),
+    "CheckpointRepository.load_latest_many": lambda s: CheckpointRepository(s).load_latest_many(
+        ["s-1"]
+    ),
+    "CheckpointRepository.load": lambda s: CheckpointRepository(s).load("s-1", 1),
+    "CheckpointRepository.list": lambda s: CheckpointRepository(s).list("s-1"),
+    "CheckpointRepository.prune": lambda s: CheckpointRepository(s).prune("s-1", keep_last=1),
+    "ResumeRepository.claim_deliveries": lambda s: ResumeRepository(s).claim_deliveries(
+        lease=timedelta(seconds=1), max_attempts=3
+    ),
+    "ResumeRepository.park_exhausted": lambda s: ResumeRepository(s).park_exhausted(max_attempts=3),
+    "ResumeRepository.redeliver_orphans": lambda s: ResumeRepository(s).redeliver_orphans(
+        runner_timeout=timedelta(minutes=1)
+    ),
+    "ResumeRepository.acknowledge": lambda s: ResumeRepository(s).acknowledge({"s-1": "t"}),
+    "ResumeRepository.renew": lambda s: ResumeRepository(s).renew(
+        {"s-1": "t"}, lease=timedelta(seconds=1)
+    ),
+    "ResumeRepository.retry_later": lambda s: ResumeRepository(s).retry_later(
+        "s-1", "t", delay=timedelta(seconds=1)
+    ),
+    "ResumeRepository.heartbeat": lambda s: ResumeRepository(s).heartbeat("s-1", "t"),
+    "ResumeRepository.redeliver": lambda s: ResumeRepository(s).redeliver("s-1"),
+    "ResumeRepository.stuck": lambda s: ResumeRepository(s).stuck(overdue=timedelta(1)),
+    "ResumeRepository.seconds_until_next_delivery": lambda s: ResumeRepository(
+        s
+    ).seconds_until_next_delivery(),
+    "ResumeRepository.count_parked": lambda s: ResumeRepository(s).count_parked(),
+}
+
+
+def test_every_public_method_is_covered_here_and_translates_errors() -> None:
+    public = {
+        f"{cls.__name__}.{name}"
+        for cls in REPOSITORIES
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and inspect.iscoroutinefunction(member)
+    }
+    assert public == set(CALLS)
+    for cls in REPOSITORIES:
+        for name, member in vars(cls).items():
+            if not name.startswith("_") and inspect.iscoroutinefunction(member):
+                assert hasattr(member, "__wrapped__"), f"{cls.__name__}.{name}"
+
+
+@pytest.fixture(scope="module")
+def unreachable() -> Factory:
+    """A session factory for a server that refuses every connection."""
+    return create_session_factory(
+        create_engine("postgresql://postgres@127.0.0.1:1/none", connect_args={"timeout": 2})
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+async def test_an_unreachable_server_is_database_unavailable(
+    unreachable: Factory, name: str
+) -> None:
+    with pytest.raises(DatabaseUnavailable):
+        async with unreachable() as s:
+            await CALLS[name](s)
+
+
+async def test_a_serialisation_failure_is_a_transaction_conflict(session_factory: Factory) -> None:
+    await make_session(session_factory, "s-1")
+    first, second = session_factory(), session_factory()
+    try:
+        for s in (first, second):
+            await s.connection(execution_options={"isolation_level": "SERIALIZABLE"})
+            await SessionRepository(s).get("s-1")  # both read the row first
+        await SessionRepository(first).add_cost("s-1", 5)
+        await first.commit()
+        with pytest.raises(TransactionConflict):
+            await SessionRepository(second).add_cost("s-1", 7)
+    finally:
+        await first.close()
+        await second.close()
+    async with session_factory() as s:
+        assert (await SessionRepository(s).get("s-1")).cumulative_cost_microdollars == 5
+
+
+async def test_a_foreign_key_names_the_missing_session(session_factory: Factory) -> None:
+    with pytest.raises(SessionNotFound) as caught:
+        async with session_factory.begin() as s:
+            await CALLS["BudgetRepository.charge"](s)
+    assert caught.value.session_id == "s-1"
+
+
+async def test_no_repository_commits(session_factory: Factory) -> None:
+    """Writes through every repository inside the caller's transaction, then the caller
+    fails: nothing is left behind."""
+
+    class Abandon(Exception):
+        pass
+
+    with pytest.raises(Abandon):
+        async with session_factory.begin() as s:
+            await CALLS["SessionRepository.create"](s)
+            await SessionRepository(s).create(
+                id="s-1", job_id="j", clerk_user_id="u", tier="partner", model_used=SONNET
+            )
+            await CALLS["BudgetRepository.charge"](s)
+            await CALLS["CheckpointRepository.save"](s)
+            await CALLS["SessionRepository.add_cost"](s)
+            await CALLS["SessionRepository.transition"](s)
+            raise Abandon
+    async with session_factory() as s:
+        counts = [
+            await s.scalar(select(func.count()).select_from(model))
+            for model in (AgentSession, AgentCheckpoint, AgentCostEvent, BudgetDay)
+        ]
+    assert counts == [0, 0, 0, 0]
