@@ -84,7 +84,7 @@ CALLS: dict[str, Call] = {
         input_tokens=1,
         output_tokens=1,
         now=NOW,
-    ),  # fmt: skip
+    ),
     "BudgetRepository.daily_budget": lambda s: BudgetRepository(s, SETTINGS).daily_budget(
         "u", DAY, tier="partner"
     ),
@@ -157,9 +157,12 @@ def unreachable() -> Factory:
 async def test_an_unreachable_server_is_database_unavailable(
     unreachable: Factory, name: str
 ) -> None:
-    with pytest.raises(DatabaseUnavailable):
+    async def call() -> None:
         async with unreachable() as s:
             await CALLS[name](s)
+
+    with pytest.raises(DatabaseUnavailable):
+        await call()
 
 
 async def test_a_serialisation_failure_is_a_transaction_conflict(session_factory: Factory) -> None:
@@ -181,9 +184,12 @@ async def test_a_serialisation_failure_is_a_transaction_conflict(session_factory
 
 
 async def test_a_foreign_key_names_the_missing_session(session_factory: Factory) -> None:
-    with pytest.raises(SessionNotFound) as caught:
+    async def charge_a_missing_session() -> None:
         async with session_factory.begin() as s:
             await CALLS["BudgetRepository.charge"](s)
+
+    with pytest.raises(SessionNotFound) as caught:
+        await charge_a_missing_session()
     assert caught.value.session_id == "s-1"
 
 
@@ -194,7 +200,7 @@ async def test_no_repository_commits(session_factory: Factory) -> None:
     class Abandon(Exception):
         pass
 
-    with pytest.raises(Abandon):
+    async def write_everything_then_fail() -> None:
         async with session_factory.begin() as s:
             await CALLS["SessionRepository.create"](s)
             await SessionRepository(s).create(
@@ -205,6 +211,9 @@ async def test_no_repository_commits(session_factory: Factory) -> None:
             await CALLS["SessionRepository.add_cost"](s)
             await CALLS["SessionRepository.transition"](s)
             raise Abandon
+
+    with pytest.raises(Abandon):
+        await write_everything_then_fail()
     async with session_factory() as s:
         counts = [
             await s.scalar(select(func.count()).select_from(model))
