@@ -19,6 +19,7 @@ from app.db.migrate import upgrade
 from tests.servers import plain_dsn, provide_servers
 
 RUN_ID = uuid.uuid4().hex[:10]
+pytest_plugins = ["tests.fixtures"]
 
 
 @pytest.fixture

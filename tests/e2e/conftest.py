@@ -7,29 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.engine import create_engine
-from app.db.migrate import upgrade
-
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def e2e_db(
-    make_database: Callable[[], Awaitable[str]],
-) -> AsyncIterator[tuple[str, AsyncEngine]]:
-    """A fresh migrated database for one process test."""
-    url = await make_database()
-    engine = create_engine(url)
-    await upgrade(engine)
-    yield url, engine
-    await engine.dispose()
 
 
 def base_env(**extra: str) -> dict[str, str]:

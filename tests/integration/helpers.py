@@ -10,10 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import AgentSession
 from app.repositories import SessionRepository
+from app.settings import OPUS, SONNET
+
+__all__ = ["OPUS", "SONNET", "Factory", "eventually", "later", "make_session"]
 
 Factory = async_sessionmaker[AsyncSession]
-SONNET = "claude-sonnet-4-20250514"
-OPUS = "claude-opus-4-20250514"
 
 
 def later(seconds: float = 3600) -> datetime:

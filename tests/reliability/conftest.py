@@ -1,5 +1,10 @@
 """Reliability tests share the integration harness (servers, empty tables per test)."""
 
-from tests.integration.conftest import _empty_tables, store
+from __future__ import annotations
 
-__all__ = ["_empty_tables", "store"]
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _empty_tables(clean_tables: None) -> None:
+    """Every test here leaves the shared database empty (see tests/fixtures.py)."""

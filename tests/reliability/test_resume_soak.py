@@ -16,15 +16,13 @@ import os
 import random
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.engine import create_engine, create_session_factory
-from app.db.migrate import upgrade
+from app.db.engine import create_session_factory
 from app.db.models import AgentSession
 from app.session_store import RedisSessionStore
 from app.settings import Settings
@@ -41,28 +39,16 @@ LEASE = 1.0
 RESTART_SLACK = 5.0
 
 
-@pytest.fixture
-async def soak_db(
-    make_database: Callable[[], Awaitable[str]],
-) -> AsyncIterator[tuple[str, AsyncEngine]]:
-    """A database of its own: the worker processes connect to it by URL."""
-    url = await make_database()
-    engine = create_engine(url)
-    await upgrade(engine)
-    yield url, engine
-    await engine.dispose()
-
-
 @pytest.mark.timeout(SOAK_SECONDS * 4 + 180)
 async def test_resume_soak(
-    soak_db: tuple[str, AsyncEngine],
+    e2e_db: tuple[str, AsyncEngine],
     redis_url: str,
     key_prefix: str,
     store: RedisSessionStore,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    url, engine = soak_db
+    url, engine = e2e_db
     await make_due_sleepers(engine, SESSIONS, prefix="soak")
     events, stop_file = tmp_path / "events.txt", tmp_path / "stop"
     env = base_env(
