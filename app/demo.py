@@ -42,8 +42,11 @@ from app.lifecycle import (
 )
 from app.lifecycle import charge as charge_call
 from app.repositories import ChargeResult
+from app.repositories.budget_rules import stops
 from app.settings import Settings
 from app.workers import BudgetDaemon, WakeWorker
+
+_days = BudgetDay.__table__.c
 
 #: One simulated day lasts this many real seconds.
 REAL_SECONDS_PER_DAY: Final = 4.0
@@ -398,7 +401,7 @@ async def verify(factory: async_sessionmaker[AsyncSession], fleet: Fleet) -> lis
                     BudgetDay.budget_microdollars,
                 ).where(
                     BudgetDay.clerk_user_id.in_(users),
-                    BudgetDay.spent_microdollars * 100 > BudgetDay.budget_microdollars * 110,
+                    stops(_days.spent_microdollars, _days.budget_microdollars),
                 )
             )
         ).all()

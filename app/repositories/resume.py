@@ -27,13 +27,13 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AgentCostEvent, AgentSession
 from app.domain import SessionNotFound, SessionStatus, StaleRunner
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sessions import owed_resume
+from app.repositories.sql import given_rows
 from app.validation import require_int, require_text
 
 _s = AgentSession.__table__.c
@@ -141,18 +141,8 @@ class ResumeRepository:
         ids = [require_text(sid, "session_id") for sid in tokens]
         if not ids:
             return 0
-        given = (
-            func.unnest(
-                bindparam("p_ids", ids, type_=ARRAY(String)),
-                bindparam(
-                    "p_tokens",
-                    [require_text(tokens[sid], "resume_token") for sid in ids],
-                    type_=ARRAY(String),
-                ),
-            )
-            .table_valued("id", "token", name="given")
-            .render_derived()
-        )
+        tokens_given = [require_text(tokens[sid], "resume_token") for sid in ids]
+        given = given_rows("given", id=(ids, String()), token=(tokens_given, String()))
         stmt = (
             update(AgentSession)
             .where(

@@ -40,6 +40,7 @@ from app.domain import (
 )
 from app.repositories.budget_rules import stops
 from app.repositories.errors import translate_errors, translated
+from app.repositories.sql import given_rows
 from app.validation import (
     MAX_MODEL_LENGTH,
     parse_enum,
@@ -267,14 +268,7 @@ class SessionRepository:
         amounts = [require_money(budgets[sid], "daily_budget_microdollars") for sid in ids]
         if not ids:
             return []
-        given = (
-            func.unnest(
-                bindparam("p_ids", ids, type_=ARRAY(String)),
-                bindparam("p_budgets", amounts, type_=ARRAY(BigInteger)),
-            )
-            .table_valued("id", "budget", name="given")
-            .render_derived()
-        )
+        given = given_rows("given", id=(ids, String()), budget=(amounts, BigInteger()))
         stmt = (
             update(AgentSession)
             .where(_columns.id == given.c.id, _columns.status == SessionStatus.SLEEPING.value)
@@ -343,18 +337,8 @@ class SessionRepository:
         ids = [require_text(sid, "session_id") for sid in retry_at]
         if not ids:
             return 0
-        given = (
-            func.unnest(
-                bindparam("p_ids", ids, type_=ARRAY(String)),
-                bindparam(
-                    "p_at",
-                    [require_aware(retry_at[sid], "retry_at") for sid in ids],
-                    type_=ARRAY(DateTime(timezone=True)),
-                ),
-            )
-            .table_valued("id", "at", name="given")
-            .render_derived()
-        )
+        at = [require_aware(retry_at[sid], "retry_at") for sid in ids]
+        given = given_rows("given", id=(ids, String()), at=(at, DateTime(timezone=True)))
         stmt = (
             update(AgentSession)
             .where(_columns.id == given.c.id, _columns.status == SessionStatus.SLEEPING.value)
