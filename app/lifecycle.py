@@ -53,25 +53,55 @@ STORE_REST_SECONDS: Final = 1.0
 
 
 @dataclass(eq=False)
+class KeyWriter:
+    """Writes sessions' Redis keys after commits. After a failed write Redis is left
+    alone for a moment, so an outage costs the wake path nothing; what was not written
+    is reconciled from PostgreSQL by the next :func:`reconcile_store`, in any process."""
+
+    store: RedisSessionStore
+    _retry_at: float = 0.0
+
+    def resting(self) -> bool:
+        return time.monotonic() < self._retry_at
+
+    async def write(self, snapshots: Mapping[str, Mapping[str, Any]]) -> bool:
+        """One round trip, retried a few times; False when Redis could not take them."""
+        if not snapshots:
+            return True
+        if self.resting():
+            return False
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                await self.store.put_many(snapshots)
+            except SessionStoreUnavailable as exc:
+                if attempt == STORE_ATTEMPTS:
+                    log.warning(
+                        "store_error sessions=%s error=%r", ",".join(sorted(snapshots)), str(exc)
+                    )
+                    self._retry_at = time.monotonic() + STORE_REST_SECONDS
+                    return False
+                await asyncio.sleep(STORE_RETRY_DELAY * attempt)
+            else:
+                return True
+        return False  # pragma: no cover
+
+
+@dataclass(eq=False)
 class Runtime:
-    """What the use cases need: the database, the store, settings and a clock."""
+    """What the use cases need: the database, the store, settings and a clock (plus the
+    process's key writer and checkpoint cache, made from them)."""
 
     session_factory: async_sessionmaker[AsyncSession]
     store: RedisSessionStore
     settings: Settings
     clock: Clock = utc_now
-    #: After a failed write, Redis is left alone until this (monotonic) time, so an
-    #: outage costs the wake path nothing. What was not written is reconciled from
-    #: PostgreSQL by the next :func:`reconcile_store` pass, in any process.
-    store_retry_at: float = 0.0
+    keys: KeyWriter = field(init=False)
     #: Tips of the sessions this process saved last (O(new messages) saves).
     history_cache: HistoryCache = field(init=False)
 
     def __post_init__(self) -> None:
+        self.keys = KeyWriter(self.store)
         self.history_cache = HistoryCache(self.settings.checkpoint_cache_sessions)
-
-    def store_resting(self) -> bool:
-        return time.monotonic() < self.store_retry_at
 
     def checkpoints(self, s: AsyncSession) -> CheckpointRepository:
         return CheckpointRepository(
@@ -111,28 +141,11 @@ class RestoredSession:
 async def write_keys(
     rt: Runtime, entries: Sequence[tuple[AgentSession, CheckpointMeta | None]]
 ) -> bool:
-    """Write sessions' Redis keys after a commit, in one round trip, with retries. Each
-    write is ordered by version, so a late one never undoes a newer one. A failure is
-    logged; the next :func:`reconcile_store` pass rewrites what is missing."""
-    snapshots = {session.id: session_snapshot(session, cp) for session, cp in entries}
-    if not snapshots:
-        return True
-    if rt.store_resting():
-        return False
-    for attempt in range(1, STORE_ATTEMPTS + 1):
-        try:
-            await rt.store.put_many(snapshots)
-        except SessionStoreUnavailable as exc:
-            if attempt == STORE_ATTEMPTS:
-                log.warning(
-                    "store_error sessions=%s error=%r", ",".join(sorted(snapshots)), str(exc)
-                )
-                rt.store_retry_at = time.monotonic() + STORE_REST_SECONDS
-                return False
-            await asyncio.sleep(STORE_RETRY_DELAY * attempt)
-        else:
-            return True
-    return False  # pragma: no cover
+    """Write sessions' Redis keys after a commit (see :class:`KeyWriter`). Each write is
+    ordered by version, so a late one never undoes a newer one."""
+    return await rt.keys.write(
+        {session.id: session_snapshot(session, cp) for session, cp in entries}
+    )
 
 
 async def write_key(
