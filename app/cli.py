@@ -16,7 +16,6 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Protocol
 
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -38,7 +37,7 @@ from app.lifecycle import (
 )
 from app.local_services import LocalServices, local_services
 from app.repositories import SessionRepository
-from app.session_store import RedisSessionStore
+from app.session_store import RedisSessionStore, connect_redis
 from app.settings import Settings
 from app.workers import BudgetDaemon, WakeWorker, metrics
 from app.workers.wake import ResumeHook
@@ -70,8 +69,14 @@ async def connect(settings: Settings, *, embedded_ok: bool) -> AsyncIterator[Con
         if services.embedded:
             print(f"embedded PostgreSQL at {mask_password(services.database_url)}", flush=True)
             print(f"embedded Redis at {mask_password(services.redis_url)}", flush=True)
-        engine = create_engine(services.database_url)
-        redis = Redis.from_url(services.redis_url)
+        # Embedded servers are never behind a pooler or a cluster.
+        engine = create_engine(
+            services.database_url,
+            pooler="none" if services.postgres else settings.database_pooler,
+        )
+        redis = connect_redis(
+            services.redis_url, cluster=settings.redis_cluster and not services.redis
+        )
         store = RedisSessionStore(
             redis, prefix=settings.redis_prefix, timeout=settings.store_timeout_seconds
         )
@@ -123,7 +128,7 @@ def _log_resume(restored: RestoredSession) -> None:
 async def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     if not settings.database_url:
         raise UsageError("DATABASE_URL is not set: nothing to migrate")
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pooler=settings.database_pooler)
     try:
         await upgrade(engine)
     finally:
