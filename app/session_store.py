@@ -52,8 +52,7 @@ def connect_redis(url: str, *, cluster: bool = False) -> RedisClient:
         return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme.lower()]}://{rest}")
     if scheme.lower() not in ("redis", "rediss", "unix"):
         raise InvalidInput(
-            f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss:// or"
-            " redis+cluster://",
+            f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss:// or redis+cluster://",
             field="redis_url",
         )
     if cluster:
