@@ -198,6 +198,15 @@ class RedisSessionStore:
                 pipe.delete(key)
             return sum(await self._call("DEL (pipeline)", pipe.execute()))
 
+    async def count_existing(self, session_ids: Collection[str]) -> int:
+        """How many of these sessions have a key (``EXISTS``, one key per command)."""
+        if not session_ids:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for session_id in session_ids:
+            pipe.exists(self.key(session_id))
+        return sum(await self._call("EXISTS (pipeline)", pipe.execute()))
+
     @property
     def _reconciled_key(self) -> str:
         # Not a session key: "~" starts no id that the application makes.
