@@ -32,10 +32,13 @@ from app.workers import BudgetDaemon
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 1_000_000
-CHARGES = 400
-DUPLICATES = 200
-TICKS = 7
 WORKING = 2_000  # sessions the daemon looks at; the rest are completed
+CHARGES = 1_000
+DUPLICATES = 500
+# Every working session charges once before the timed charges: the first charge of a
+# user's day also creates the day's budget row, which is not what is measured here.
+WARM_UP = WORKING
+TICKS = 7
 DAYS = 30  # the ledger's rows are spread over this many past budget days
 
 
@@ -53,6 +56,8 @@ class Measure:
     tick_max: float
     fill_seconds: float
     total_mib: float
+    btree_levels: int | None
+    reads_per_charge: float
 
 
 async def seed(conn: asyncpg.Connection, *, sessions: int, users: int) -> None:
@@ -105,7 +110,14 @@ async def fill(conn: asyncpg.Connection, lo: int, hi: int, *, sessions: int, use
             DAYS,
         )
         print(f"  ledger rows: {end:,}", flush=True)
+    await settle(conn)
+
+
+async def settle(conn: asyncpg.Connection) -> None:
+    """What autovacuum and the checkpointer would do after a bulk load, done now, so
+    their I/O does not land in the middle of the measurements."""
     await conn.execute("VACUUM ANALYZE agent_cost_events")
+    await conn.execute("CHECKPOINT")
 
 
 async def sizes(conn: asyncpg.Connection) -> list[tuple[str, int]]:
@@ -123,6 +135,12 @@ async def sizes(conn: asyncpg.Connection) -> list[tuple[str, int]]:
 async def measure(
     rt: Runtime, conn: asyncpg.Connection, rows: int, fill_seconds: float, round_: int
 ) -> Measure:
+    for n in range(WARM_UP):
+        await charge(
+            rt, session_id=f"ls-{n % WORKING}", request_id=f"warm-{round_}-{n}",
+            model=SONNET, input_tokens=10, output_tokens=1,
+        )  # fmt: skip
+    reads_before = await _blocks_read(conn)
     charges: list[float] = []
     for n in range(CHARGES):
         started = time.perf_counter()
@@ -131,6 +149,7 @@ async def measure(
             model=SONNET, input_tokens=10, output_tokens=1,
         )  # fmt: skip
         charges.append(time.perf_counter() - started)
+    reads = (await _blocks_read(conn) - reads_before) / CHARGES
     duplicates: list[float] = []
     for n in range(DUPLICATES if rows else 0):
         # A retried charge: the ledger's unique index finds the earlier row.
@@ -158,7 +177,28 @@ async def measure(
         fill_seconds=fill_seconds,
         total_mib=int(await conn.fetchval("SELECT pg_total_relation_size('agent_cost_events')"))
         / 2**20,
+        btree_levels=await _levels(conn, "uq_agent_cost_events_request_id"),
+        reads_per_charge=reads,
     )
+
+
+async def _blocks_read(conn: asyncpg.Connection) -> int:
+    """Blocks this database read from outside shared_buffers (the OS cache or disk)."""
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(
+        await conn.fetchval(
+            "SELECT blks_read FROM pg_stat_database WHERE datname = current_database()"
+        )
+    )
+
+
+async def _levels(conn: asyncpg.Connection, index: str) -> int | None:
+    """The B-tree's height above its leaves (pageinspect), None without the extension."""
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        return int(await conn.fetchval("SELECT level FROM bt_metap($1)", index))
+    except asyncpg.PostgresError:
+        return None
 
 
 def _md5(n: int) -> str:
@@ -193,6 +233,7 @@ async def main(rows: int, sessions: int, users: int) -> int:
             try:
                 await seed(conn, sessions=sessions, users=users)
                 await conn.execute("VACUUM ANALYZE")
+                await conn.execute("CHECKPOINT")
                 done = 0
                 for i, target in enumerate(steps):
                     started = time.perf_counter()
@@ -219,15 +260,18 @@ async def main(rows: int, sessions: int, users: int) -> int:
     )
     print(
         "| ledger rows | fill time | charge p50 | charge p99 | duplicate charge p50 |"
-        " daemon tick p50 | daemon tick max | table + indexes |"
+        " daemon tick p50 | daemon tick max | table + indexes | request_id B-tree levels |"
+        " blocks read / charge |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m in results:
         duplicate = "-" if m.duplicate_p50 != m.duplicate_p50 else f"{m.duplicate_p50:.2f} ms"
         print(
             f"| {m.rows:,} | {m.fill_seconds:.0f} s | {m.charge_p50:.2f} ms |"
             f" {m.charge_p99:.2f} ms | {duplicate} | {m.tick_p50:.1f} ms |"
             f" {m.tick_max:.1f} ms | {m.total_mib:,.0f} MiB |"
+            f" {'-' if m.btree_levels is None else m.btree_levels + 1} |"
+            f" {m.reads_per_charge:.2f} |"
         )
     print(f"\nSizes at {rows:,} rows:\n")
     print("| relation | size |\n|---|---:|")
