@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, utc_now
-from app.db.engine import create_engine
+from app.db.engine import create_engine, normalize_url
 from app.lifecycle import (
     WAKE_CHANNEL,
     RestoredSession,
@@ -216,6 +216,8 @@ class WakeWorker:
         self.on_resume: ResumeHook = on_resume or _acknowledge_only
         self.batch_size = batch_size
         self._notified = asyncio.Event()
+        if settings.database_listen_url:
+            normalize_url(settings.database_listen_url)  # a bad URL fails here, typed
 
     # ---------------------------------------------------------------- one pass
 

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_engine, create_session_factory
+from app.domain import InvalidInput
 from app.lifecycle import RestoredSession, Runtime, start_session
 from app.repositories import SessionRepository
 from app.session_store import RedisSessionStore
@@ -198,3 +199,12 @@ async def test_worker_behind_pgbouncer_without_listen_url_polls(
 
 async def _logged(caplog: pytest.LogCaptureFixture, needle: str) -> bool:
     return any(needle in r.getMessage() for r in caplog.records)
+
+
+async def test_a_bad_listen_url_is_refused_when_the_worker_is_built(
+    pooled_factory: Factory, store: RedisSessionStore
+) -> None:
+    settings = Settings(_env_file=None, database_listen_url="mysql://x@y/z")
+    with pytest.raises(InvalidInput) as info:
+        WakeWorker(pooled_factory, store, settings)
+    assert info.value.field == "url"
