@@ -358,6 +358,8 @@ def print_purge(report: PurgeReport, *, older_than: int, as_json: bool) -> None:
         f" {verb} {report.checkpoints} checkpoints and {report.redis_keys} Redis keys"
         " (session rows and ledger kept)"
     )
+    if report.store_errors:
+        print("  Redis was unreachable: keys not counted or deleted (they expire with their TTL)")
     for session_id in report.session_ids:
         print(f"  {session_id}")
 

@@ -702,6 +702,9 @@ class PurgeReport:
     checkpoints: int
     redis_keys: int
     dry_run: bool = False
+    #: Batches whose keys could not be counted or deleted (Redis down); such keys
+    #: expire with their TTL.
+    store_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -709,8 +712,17 @@ class PurgeReport:
             "checkpoints": self.checkpoints,
             "redis_keys": self.redis_keys,
             "dry_run": self.dry_run,
+            "store_errors": self.store_errors,
             "session_ids": self.session_ids,
         }
+
+
+async def _keys_step(what: str, step: Any) -> int | None:
+    try:
+        return int(await step)
+    except SessionStoreUnavailable as exc:
+        log.warning("store_error retention %s error=%r", what, str(exc))
+        return None
 
 
 async def purge_finished(
@@ -733,10 +745,16 @@ async def purge_finished(
     if dry_run:
         async with rt.session_factory() as s:
             preview = await RetentionRepository(s).preview_purge(older_than_days=days)
-        keys = await rt.store.count_existing(preview.session_ids)
-        return PurgeReport(preview.session_ids, preview.checkpoints, keys, dry_run=True)
+        counted = await _keys_step("count", rt.store.count_existing(preview.session_ids))
+        return PurgeReport(
+            preview.session_ids,
+            preview.checkpoints,
+            counted or 0,
+            dry_run=True,
+            store_errors=int(counted is None),
+        )
     ids: list[str] = []
-    checkpoints = keys = 0
+    checkpoints = keys = store_errors = 0
     while most is None or len(ids) < most:
         limit = size if most is None else min(size, most - len(ids))
         async with rt.session_factory.begin() as s:
@@ -747,14 +765,16 @@ async def purge_finished(
             ids += purged.session_ids
             checkpoints += purged.checkpoints
             # Completion already removed the key; this catches one a late write put back.
-            keys += await rt.store.delete_many(purged.session_ids)
+            deleted = await _keys_step("delete", rt.store.delete_many(purged.session_ids))
+            keys += deleted or 0
+            store_errors += int(deleted is None)
             log.info(
                 "retention sessions=%d checkpoints=%d older_than_days=%d",
                 len(purged.session_ids), purged.checkpoints, days,
             )  # fmt: skip
         if len(purged.session_ids) < limit:
             break
-    return PurgeReport(ids, checkpoints, keys)
+    return PurgeReport(ids, checkpoints, keys, store_errors=store_errors)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ that retention reads, so no test depends on the date."""
 from __future__ import annotations
 
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from app.db.models import AgentCheckpoint, AgentSession
@@ -137,3 +138,24 @@ async def test_delete_session_removes_it_entirely_and_says_what_it_removed(
             rt, session_id="gone", request_id="late", model=SONNET,
             input_tokens=1, output_tokens=1,
         )  # fmt: skip
+
+
+async def test_retention_with_redis_down_still_deletes_the_checkpoints(
+    rt: Runtime, session_factory: Factory, settings: Settings
+) -> None:
+    await make_fleet(rt, FLEET, AGE_DAYS)
+    dead = RedisSessionStore(Redis(host="127.0.0.1", port=1), prefix="unused", timeout=0.3)
+    try:
+        down = Runtime(session_factory, dead, settings)
+        preview = await purge_finished(down, dry_run=True)
+        assert (sorted(preview.session_ids), preview.redis_keys, preview.store_errors) == (
+            OLD,
+            0,
+            1,
+        )
+        done = await purge_finished(down)
+        assert (sorted(done.session_ids), done.checkpoints, done.store_errors) == (OLD, 6, 1)
+    finally:
+        await dead.redis.aclose()
+    left = (await census(rt))["checkpoints"]
+    assert not set(OLD) & set(left)
