@@ -7,14 +7,14 @@ mistaken for a lost session. The 25 h TTL outlives an overnight sleep.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisError
 
 from app.domain import InvalidInput, SessionStoreUnavailable
@@ -158,8 +158,8 @@ class RedisSessionStore:
         if not states:
             return 0
         encoded = [(self.key(sid), *self._encode(sid, state)) for sid, state in states.items()]
-        # The context resets the pipeline however execute() ends (a failure included).
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        async def queue(pipe: Pipeline | ClusterPipeline) -> None:
             for key, data, version in encoded:
                 if isinstance(pipe, Pipeline):
                     await self._put_script(
@@ -167,8 +167,23 @@ class RedisSessionStore:
                     )
                 else:
                     pipe.eval(_PUT_IF_NOT_OLDER, 1, key, data, version, self.ttl_seconds)
-            results = await self._call("SET (versioned pipeline)", pipe.execute())
+
+        results = await self._pipeline("SET (versioned pipeline)", queue)
         return sum(1 for written in results if written)
+
+    async def _pipeline(
+        self, what: str, queue: Callable[[Pipeline | ClusterPipeline], Awaitable[None]]
+    ) -> list[Any]:
+        """Queue commands on a non-transactional pipeline and run it within the bound.
+        The pipeline is always reset, so a failure or a timeout (a script load that
+        could not connect, say) never leaves it holding a connection."""
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await queue(pipe)
+                return list(await pipe.execute())
+
+        return await self._call(what, run())
 
     async def version(self, session_id: str) -> int | None:
         """The ``version`` of the stored snapshot (no TTL refresh), or None without one."""
@@ -193,19 +208,24 @@ class RedisSessionStore:
         if not session_ids:
             return 0
         keys = [self.key(session_id) for session_id in session_ids]
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        async def queue(pipe: Pipeline | ClusterPipeline) -> None:
             for key in keys:
                 pipe.delete(key)
-            return sum(await self._call("DEL (pipeline)", pipe.execute()))
+
+        return sum(await self._pipeline("DEL (pipeline)", queue))
 
     async def count_existing(self, session_ids: Collection[str]) -> int:
         """How many of these sessions have a key (``EXISTS``, one key per command)."""
         if not session_ids:
             return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for session_id in session_ids:
-            pipe.exists(self.key(session_id))
-        return sum(await self._call("EXISTS (pipeline)", pipe.execute()))
+        keys = [self.key(session_id) for session_id in session_ids]
+
+        async def queue(pipe: Pipeline | ClusterPipeline) -> None:
+            for key in keys:
+                pipe.exists(key)
+
+        return sum(await self._pipeline("EXISTS (pipeline)", queue))
 
     @property
     def _reconciled_key(self) -> str:
