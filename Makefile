@@ -60,13 +60,15 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,local,bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)  ## benchmarks against raw asyncpg and LangGraph, then resume delivery (several minutes)
+bench: $(BENCH_STAMP)  ## benchmarks against raw asyncpg and LangGraph, resume delivery, the ledger at 10M rows (several minutes)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.resume
+	$(PY) -m benchmarks.ledger
 
 bench-quick: $(BENCH_STAMP)  ## a smoke run of the benchmarks, under 2 minutes
 	$(PY) -m benchmarks.run --quick
 	$(PY) -m benchmarks.resume --sessions 2000
+	$(PY) -m benchmarks.ledger --rows 200000 --sessions 10000 --users 1000
 
 soak: install  ## the reliability suite with a 60 s soak (make check runs a 10 s one)
 	SOAK_SECONDS=60 $(PY) -m pytest tests/reliability -p no:cacheprovider

@@ -10,14 +10,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.clock import Clock, utc_now
 from app.db.engine import create_engine, create_session_factory, mask_password
 from app.lifecycle import Runtime
 from app.local_services import LocalServices, local_services
-from app.session_store import RedisSessionStore
+from app.session_store import RedisSessionStore, connect_redis
 from app.settings import Settings
 
 
@@ -51,8 +50,14 @@ async def connect(settings: Settings, *, embedded_ok: bool) -> AsyncIterator[Con
         if services.embedded:
             print(f"embedded PostgreSQL at {mask_password(services.database_url)}", flush=True)
             print(f"embedded Redis at {mask_password(services.redis_url)}", flush=True)
-        engine = create_engine(services.database_url)
-        redis = Redis.from_url(services.redis_url)
+        # Embedded servers are never behind a pooler or a cluster.
+        engine = create_engine(
+            services.database_url,
+            pooler="none" if services.postgres else settings.database_pooler,
+        )
+        redis = connect_redis(
+            services.redis_url, cluster=settings.redis_cluster and not services.redis
+        )
         store = RedisSessionStore(
             redis, prefix=settings.redis_prefix, timeout=settings.store_timeout_seconds
         )

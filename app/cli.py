@@ -1,4 +1,5 @@
-"""Command line: ``python -m app migrate | worker | daemon | run | status | top-up | demo``."""
+"""Command line: ``python -m app migrate | worker | daemon | run | status | sessions | top-up |
+demo``."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ from app.db.engine import create_engine, mask_password
 from app.db.migrate import upgrade
 from app.domain import InvalidInput, InvalidTransition, SessionNotFound, SessionStatus
 from app.lifecycle import (
+    PurgeReport,
     RestoredSession,
     Runtime,
     complete_session,
+    delete_session,
     describe,
     find_sessions,
     inspect_session,
+    purge_finished,
     redeliver,
     status,
     top_up,
@@ -76,7 +80,7 @@ def _log_resume(restored: RestoredSession) -> None:
 async def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     if not settings.database_url:
         raise UsageError("DATABASE_URL is not set: nothing to migrate")
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pooler=settings.database_pooler)
     try:
         await upgrade(engine)
     finally:
@@ -204,6 +208,24 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
                         print(f"  {key:<28} {'-' if value is None else value}")
                     print(f"checkpoint  {view['checkpoint'] or '-'}")
                     print(f"redis       {view['redis'] or '- (no key)'}")
+            elif args.action == "purge":
+                print_purge(
+                    await purge_finished(rt, older_than_days=args.older_than, dry_run=args.dry_run),
+                    older_than=settings.retention_days
+                    if args.older_than is None
+                    else args.older_than,
+                    as_json=args.json,
+                )
+            elif args.action == "delete":
+                removed = await delete_session(rt, args.id)
+                if args.json:
+                    print(json.dumps(removed.as_dict()))
+                else:
+                    print(
+                        f"deleted session {removed.session_id} ({removed.status}):"
+                        f" {removed.checkpoints} checkpoints, {removed.cost_events} ledger rows,"
+                        f" {removed.redis_keys} Redis key"
+                    )
             elif args.action == "redeliver":
                 session = await redeliver(rt, args.id)
                 print(json.dumps(describe(session)) if args.json else f"redeliver {args.id}: owed")
@@ -253,6 +275,23 @@ async def cmd_top_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def print_purge(report: PurgeReport, *, older_than: int, as_json: bool) -> None:
+    """What a purge deleted, or with --dry-run would delete."""
+    if as_json:
+        print(json.dumps({**report.as_dict(), "older_than_days": older_than}))
+        return
+    verb = "would delete" if report.dry_run else "deleted"
+    print(
+        f"purge: {len(report.session_ids)} sessions completed more than {older_than} days ago:"
+        f" {verb} {report.checkpoints} checkpoints and {report.redis_keys} Redis keys"
+        " (session rows and ledger kept)"
+    )
+    if report.store_errors:
+        print("  Redis was unreachable: keys not counted or deleted (they expire with their TTL)")
+    for session_id in report.session_ids:
+        print(f"  {session_id}")
+
+
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -283,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="sessions by status, sleepers, today's spend")
     status.add_argument("--top", type=int, default=10, help="how many users to list")
 
-    sessions = sub.add_parser("sessions", help="list, inspect, redeliver or cancel sessions")
+    sessions = sub.add_parser(
+        "sessions", help="list, inspect, redeliver, cancel, purge or delete sessions"
+    )
     actions = sessions.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="sessions by status, or the stuck ones")
     listing.add_argument("--status", choices=[s.value for s in SessionStatus])
@@ -297,7 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("id")
     cancel = actions.add_parser("cancel", help="complete a session (terminal)")
     cancel.add_argument("id")
-    for each in (listing, shown, again, cancel):
+    purge = actions.add_parser(
+        "purge",
+        help="delete the checkpoints and Redis keys of sessions completed long ago"
+        " (rows and ledger stay)",
+    )
+    purge.add_argument(
+        "--older-than",
+        type=_days,
+        metavar="DAYS",
+        help="completed more than DAYS days ago (default RETENTION_DAYS)",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    erase = actions.add_parser(
+        "delete", help="remove a session entirely: row, checkpoints, ledger rows, Redis key"
+    )
+    erase.add_argument("id")
+    for each in (listing, shown, again, cancel, purge, erase):
         each.add_argument("--json", action="store_true", help="JSON for scripts")
     topup = sub.add_parser("top-up", help="add money to a user's budget now (wakes sessions)")
     topup.add_argument("user_id", metavar="USER_ID", help="the user's clerk_user_id")
@@ -310,6 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the data for `status`")
     demo.add_argument("--inject-fault", choices=["history"], help=argparse.SUPPRESS)
     return parser
+
+
+def _days(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {value!r}") from None
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"days must be 0 or more, got {days}")
+    return days
 
 
 COMMANDS = {

@@ -37,6 +37,7 @@ from app.repositories import (
     ChargeResult,
     CheckpointRepository,
     ResumeRepository,
+    RetentionRepository,
     SessionRepository,
 )
 from app.repositories.checkpoint_cache import HistoryCache
@@ -732,6 +733,138 @@ async def status(rt: Runtime, *, top: int = 10) -> Status:
     return Status(day, by_status, due, oldest, overdue, upcoming, users, spenders)
 
 
+# ------------------------------------------------------------------ retention
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    """What :func:`purge_finished` deleted (or, with ``dry_run``, would delete)."""
+
+    session_ids: list[str]
+    checkpoints: int
+    redis_keys: int
+    dry_run: bool = False
+    #: Batches whose keys could not be counted or deleted (Redis down); such keys
+    #: expire with their TTL.
+    store_errors: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sessions": len(self.session_ids),
+            "checkpoints": self.checkpoints,
+            "redis_keys": self.redis_keys,
+            "dry_run": self.dry_run,
+            "store_errors": self.store_errors,
+            "session_ids": self.session_ids,
+        }
+
+
+async def _keys_step(what: str, step: Any) -> int | None:
+    try:
+        return int(await step)
+    except SessionStoreUnavailable as exc:
+        log.warning("store_error retention %s error=%r", what, str(exc))
+        return None
+
+
+async def purge_finished(
+    rt: Runtime,
+    *,
+    older_than_days: int | None = None,
+    batch: int | None = None,
+    most: int | None = None,
+    dry_run: bool = False,
+) -> PurgeReport:
+    """Retention: delete the checkpoints and Redis keys of sessions completed more than
+    ``older_than_days`` (default ``RETENTION_DAYS``) days ago, on the database's clock.
+    The session rows and the ledger stay. Batches of ``batch`` (``RETENTION_BATCH``)
+    sessions, one transaction each, until none is left or ``most`` sessions are done.
+    ``dry_run`` reports what would go and deletes nothing (Redis keys: those that exist).
+    """
+    days = rt.settings.retention_days if older_than_days is None else older_than_days
+    days = require_int(days, "older_than_days", minimum=0)
+    size = require_int(batch or rt.settings.retention_batch, "batch", minimum=1)
+    if dry_run:
+        async with rt.session_factory() as s:
+            preview = await RetentionRepository(s).preview_purge(older_than_days=days)
+        counted = await _keys_step("count", rt.store.count_existing(preview.session_ids))
+        return PurgeReport(
+            preview.session_ids,
+            preview.checkpoints,
+            counted or 0,
+            dry_run=True,
+            store_errors=int(counted is None),
+        )
+    ids: list[str] = []
+    checkpoints = keys = store_errors = 0
+    while most is None or len(ids) < most:
+        limit = size if most is None else min(size, most - len(ids))
+        async with rt.session_factory.begin() as s:
+            purged = await RetentionRepository(s).purge_checkpoints(
+                older_than_days=days, limit=limit
+            )
+        if purged.session_ids:
+            ids += purged.session_ids
+            checkpoints += purged.checkpoints
+            # Completion already removed the key; this catches one a late write put back.
+            deleted = await _keys_step("delete", rt.store.delete_many(purged.session_ids))
+            keys += deleted or 0
+            store_errors += int(deleted is None)
+            log.info(
+                "retention sessions=%d checkpoints=%d older_than_days=%d",
+                len(purged.session_ids), purged.checkpoints, days,
+            )  # fmt: skip
+        if len(purged.session_ids) < limit:
+            break
+    return PurgeReport(ids, checkpoints, keys, store_errors=store_errors)
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What :func:`delete_session` removed: one session row, and counts of the rest."""
+
+    session_id: str
+    status: str
+    checkpoints: int
+    cost_events: int
+    redis_keys: int
+    sessions: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "status": self.status,
+            "sessions": self.sessions,
+            "checkpoints": self.checkpoints,
+            "cost_events": self.cost_events,
+            "redis_keys": self.redis_keys,
+        }
+
+
+async def delete_session(rt: Runtime, session_id: str) -> Removed:
+    """Remove a session entirely (a GDPR erasure), whatever its status: its row, its
+    checkpoints, its ledger rows and its Redis key. ``SessionNotFound`` if there is none.
+
+    The user's ``budget_days`` totals stay: they hold no session id, and the money
+    was spent, so erasing a session never hands its user budget back. A runner still
+    charging the session gets ``SessionNotFound``. With Redis down the key is left to
+    expire (its TTL is 25 h); a deleted session has no row to reconcile from.
+    """
+    require_text(session_id, "session_id")
+    async with rt.session_factory.begin() as s:
+        deleted = await RetentionRepository(s).delete_session(session_id)
+    try:
+        keys = int(await rt.store.delete(session_id))
+    except SessionStoreUnavailable as exc:
+        log.warning("store_error session=%s error=%r", session_id, str(exc))
+        keys = 0
+    log.info(
+        "delete session=%s status=%s checkpoints=%d cost_events=%d redis_keys=%d",
+        session_id, deleted.status, deleted.checkpoints, deleted.cost_events, keys,
+    )  # fmt: skip
+    return Removed(session_id, deleted.status, deleted.checkpoints, deleted.cost_events, keys)
+
+
 # ------------------------------------------------------------------- operators
 
 
@@ -863,6 +996,8 @@ __all__ = [
     "DeliveryPass",
     "EnforcePass",
     "Gauges",
+    "PurgeReport",
+    "Removed",
     "RestoredSession",
     "Runtime",
     "Status",
@@ -870,6 +1005,7 @@ __all__ = [
     "acknowledge",
     "charge",
     "complete_session",
+    "delete_session",
     "deliver_due",
     "delivery_failed",
     "describe",
@@ -879,6 +1015,7 @@ __all__ = [
     "heartbeat",
     "inspect_session",
     "next_due",
+    "purge_finished",
     "reconcile_store",
     "redeliver",
     "renew_leases",

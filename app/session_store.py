@@ -7,12 +7,14 @@ mistaken for a lost session. The 25 h TTL outlives an overnight sleep.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisError
 
 from app.domain import InvalidInput, SessionStoreUnavailable
@@ -27,6 +29,36 @@ DEFAULT_PREFIX: Final = "agent:session"
 DEFAULT_TIMEOUT: Final = 2.0
 
 T = TypeVar("T")
+
+#: A single server or a Redis Cluster: the store sends one key per command, so every
+#: command it sends runs on a cluster.
+RedisClient = Redis | RedisCluster
+CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://host:port``)."""
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def connect_redis(url: str, *, cluster: bool = False) -> RedisClient:
+    """A client for ``url``: a ``RedisCluster`` when ``cluster`` or the URL says so
+    (``redis+cluster://`` or ``rediss+cluster://``, any node of the cluster)."""
+    require_text(url, "redis_url")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise InvalidInput(f"not a Redis URL: {url!r}", field="redis_url")
+    if scheme.lower() in CLUSTER_SCHEMES:
+        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme.lower()]}://{rest}")
+    if scheme.lower() not in ("redis", "rediss", "unix"):
+        raise InvalidInput(
+            f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss:// or redis+cluster://",
+            field="redis_url",
+        )
+    if cluster:
+        return RedisCluster.from_url(url)
+    return Redis.from_url(url)
+
 
 # KEYS[1]: the key; ARGV: the JSON snapshot, its version, the TTL. The stored snapshot
 # is replaced unless its version is higher, so writes that arrive out of order never
@@ -56,7 +88,7 @@ class RedisSessionStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         ttl_seconds: int = SESSION_TTL,
         prefix: str = DEFAULT_PREFIX,
@@ -68,6 +100,7 @@ class RedisSessionStore:
         if not timeout > 0:
             raise InvalidInput(f"timeout must be positive, got {timeout}", field="timeout")
         self.timeout = timeout
+        self.cluster = isinstance(redis, RedisCluster)
         self._put_script = redis.register_script(_PUT_IF_NOT_OLDER)
 
     def key(self, session_id: str) -> str:
@@ -117,18 +150,40 @@ class RedisSessionStore:
 
     async def put_many(self, states: Mapping[str, Mapping[str, Any]]) -> int:
         """``put`` for many sessions in one round trip (a pipeline of the same script, one
-        key per call, so it works on a cluster too). Returns how many were written."""
+        key per call). Returns how many were written.
+
+        On a cluster the pipeline is split by node (redis-py groups its commands by
+        slot owner) and each call carries the script itself (``EVAL``): a node that
+        never saw the script, after a failover say, cannot answer NOSCRIPT."""
         if not states:
             return 0
         encoded = [(self.key(sid), *self._encode(sid, state)) for sid, state in states.items()]
-        # The context resets the pipeline however execute() ends (a failure included).
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        async def queue(pipe: Pipeline | ClusterPipeline) -> None:
             for key, data, version in encoded:
-                await self._put_script(
-                    keys=[key], args=[data, version, self.ttl_seconds], client=pipe
-                )
-            results = await self._call("SET (versioned pipeline)", pipe.execute())
+                if isinstance(pipe, Pipeline):
+                    await self._put_script(
+                        keys=[key], args=[data, version, self.ttl_seconds], client=pipe
+                    )
+                else:
+                    pipe.eval(_PUT_IF_NOT_OLDER, 1, key, data, version, self.ttl_seconds)
+
+        results = await self._pipeline("SET (versioned pipeline)", queue)
         return sum(1 for written in results if written)
+
+    async def _pipeline(
+        self, what: str, queue: Callable[[Pipeline | ClusterPipeline], Awaitable[None]]
+    ) -> list[Any]:
+        """Queue commands on a non-transactional pipeline and run it within the bound.
+        The pipeline is always reset, so a failure or a timeout (a script load that
+        could not connect, say) never leaves it holding a connection."""
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await queue(pipe)
+                return list(await pipe.execute())
+
+        return await self._call(what, run())
 
     async def version(self, session_id: str) -> int | None:
         """The ``version`` of the stored snapshot (no TTL refresh), or None without one."""
@@ -153,10 +208,24 @@ class RedisSessionStore:
         if not session_ids:
             return 0
         keys = [self.key(session_id) for session_id in session_ids]
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        async def queue(pipe: Pipeline | ClusterPipeline) -> None:
             for key in keys:
                 pipe.delete(key)
-            return sum(await self._call("DEL (pipeline)", pipe.execute()))
+
+        return sum(await self._pipeline("DEL (pipeline)", queue))
+
+    async def count_existing(self, session_ids: Collection[str]) -> int:
+        """How many of these sessions have a key (``EXISTS``, one key per command)."""
+        if not session_ids:
+            return 0
+        keys = [self.key(session_id) for session_id in session_ids]
+
+        async def queue(pipe: Pipeline | ClusterPipeline) -> None:
+            for key in keys:
+                pipe.exists(key)
+
+        return sum(await self._pipeline("EXISTS (pipeline)", queue))
 
     @property
     def _reconciled_key(self) -> str:

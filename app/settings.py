@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     # Servers. None means "start embedded servers" for the CLI (see app.local_services).
     database_url: str | None = None
     redis_url: str | None = None
+    # What sits in front of PostgreSQL: "pgbouncer" (transaction mode) turns off the
+    # driver's prepared-statement caches; LISTEN then needs DATABASE_LISTEN_URL, a
+    # direct (or session-mode) connection, or the worker polls.
+    database_pooler: Literal["none", "pgbouncer"] = "none"
+    database_listen_url: str | None = None
+    # A Redis Cluster: also chosen by a redis+cluster:// REDIS_URL.
+    redis_cluster: bool = False
     # Namespace of the session keys in Redis: f"{redis_prefix}:{session_id}".
     redis_prefix: str = "agent:session"
 
@@ -90,6 +97,10 @@ class Settings(BaseSettings):
     # The Redis mirror's reconciliation rescans changes this far back on every pass,
     # so a transaction that committed late is not missed.
     store_reconcile_margin_seconds: PositiveFloat = 30.0
+    # Completed sessions lose their checkpoints and Redis key this many days after
+    # completion (the daemon, in batches of RETENTION_BATCH); the row and ledger stay.
+    retention_days: PositiveInt = 30
+    retention_batch: PositiveInt = 500
     on_resume: str | None = None
     metrics_port: int | None = None
     log_level: str = "INFO"

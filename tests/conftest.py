@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.engine import create_engine, create_session_factory
 from app.db.migrate import upgrade
+from app.session_store import RedisClient, connect_redis
+from tests import scale_servers
 from tests.servers import plain_dsn, provide_servers
 
 RUN_ID = uuid.uuid4().hex[:10]
@@ -30,9 +32,8 @@ def server_dir() -> Iterator[Path]:
     directory, and pytest locks its root (mode 0700) again whenever another pytest
     session starts on the machine: a tmp_path would lock the server out mid-test.
     """
-    path = Path(tempfile.mkdtemp(prefix="agent-sleepwake-test-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir() as path:
+        yield path
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +86,49 @@ async def database_url(make_database: Callable[[], Awaitable[str]]) -> str:
     return url
 
 
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="agent-sleepwake-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(database_url, pool_size=40, max_overflow=20)
+def pgbouncer_port(servers: tuple[str, str]) -> Iterator[int]:
+    """A pgbouncer in transaction mode in front of the test server, for the whole run."""
+    with scratch_dir() as directory:
+        try:
+            with scale_servers.pgbouncer(directory, servers[0]) as port:
+                yield port
+        except scale_servers.ServerUnavailable as exc:
+            pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def pooled_database_url(database_url: str, pgbouncer_port: int) -> str:
+    """The run's main database, reached through pgbouncer."""
+    return scale_servers.with_host_port(database_url, pgbouncer_port)
+
+
+@pytest.fixture(scope="session")
+def db_route(request: pytest.FixtureRequest) -> str:
+    """How ``engine`` reaches PostgreSQL: "direct", or "pgbouncer" where a module is
+    parametrised with it (tests/integration/conftest.py)."""
+    route: str = getattr(request, "param", "direct")
+    return route
+
+
+@pytest.fixture(scope="session")
+async def engine(
+    database_url: str, db_route: str, request: pytest.FixtureRequest
+) -> AsyncIterator[AsyncEngine]:
+    if db_route == "pgbouncer":
+        url = request.getfixturevalue("pooled_database_url")
+        eng = create_engine(url, pooler="pgbouncer", pool_size=40, max_overflow=20)
+    else:
+        eng = create_engine(database_url, pool_size=40, max_overflow=20)
     yield eng
     await eng.dispose()
 
@@ -109,8 +150,32 @@ def key_prefix() -> str:
 
 
 @pytest.fixture(scope="session")
-async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+def redis_cluster_url() -> Iterator[str]:
+    """A 3-master Redis Cluster for the whole run: ``redis+cluster://`` one of its nodes."""
+    with scratch_dir() as directory:
+        try:
+            with scale_servers.redis_cluster(directory) as ports:
+                yield f"redis+cluster://127.0.0.1:{ports[0]}"
+        except scale_servers.ServerUnavailable as exc:
+            pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_route(request: pytest.FixtureRequest) -> str:
+    """Which Redis ``redis`` is: "single" (the test server), or "cluster" where a module
+    is parametrised with it (tests/integration/conftest.py)."""
+    route: str = getattr(request, "param", "single")
+    return route
+
+
+@pytest.fixture(scope="session")
+async def redis(
+    redis_url: str, redis_route: str, request: pytest.FixtureRequest
+) -> AsyncIterator[RedisClient]:
+    if redis_route == "cluster":
+        client = connect_redis(request.getfixturevalue("redis_cluster_url"))
+    else:
+        client = connect_redis(redis_url)
     yield client
     async for key in client.scan_iter(match=f"test:{RUN_ID}:*", count=500):
         await client.delete(key)

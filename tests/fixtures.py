@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_engine
 from app.db.migrate import upgrade
-from app.session_store import RedisSessionStore
+from app.session_store import RedisClient, RedisSessionStore
 
 TABLES = (
     "budget_credits, agent_cost_events, budget_days, agent_checkpoints, agent_sessions,"
@@ -29,7 +28,7 @@ async def clean_tables(engine: AsyncEngine) -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def store(redis: Redis, key_prefix: str) -> AsyncIterator[RedisSessionStore]:
+async def store(redis: RedisClient, key_prefix: str) -> AsyncIterator[RedisSessionStore]:
     """A store under the run's prefix, emptied after each test."""
     yield RedisSessionStore(redis, prefix=key_prefix)
     async for key in redis.scan_iter(match=f"{key_prefix}:*", count=500):

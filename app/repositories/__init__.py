@@ -3,6 +3,7 @@
 from app.repositories.budget import BudgetRepository, ChargeResult
 from app.repositories.checkpoints import CheckpointInfo, CheckpointRepository
 from app.repositories.resume import ResumeRepository
+from app.repositories.retention import Deleted, Purged, RetentionRepository
 from app.repositories.sessions import WAKE_CHANNEL, SessionRepository
 
 __all__ = [
@@ -11,6 +12,9 @@ __all__ = [
     "ChargeResult",
     "CheckpointInfo",
     "CheckpointRepository",
+    "Deleted",
+    "Purged",
     "ResumeRepository",
+    "RetentionRepository",
     "SessionRepository",
 ]

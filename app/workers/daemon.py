@@ -1,5 +1,6 @@
 """BudgetDaemon: the safety net that sleeps and stops sessions that missed their decision,
-and the pass that reconciles the Redis mirror from PostgreSQL."""
+the pass that reconciles the Redis mirror from PostgreSQL, and retention of finished
+sessions' checkpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.budget import policy
 from app.clock import Clock, real_seconds_until, utc_now
 from app.domain import SessionStatus, SessionStoreUnavailable
-from app.lifecycle import Runtime, enforce_budgets, gauges, reconcile_store
+from app.lifecycle import Runtime, enforce_budgets, gauges, purge_finished, reconcile_store
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import metrics
@@ -34,6 +35,8 @@ class DaemonReport:
     wake_lag_seconds: float = 0.0
     reconciled: int = 0
     store_errors: int = 0
+    #: Completed sessions whose checkpoints retention deleted in this pass.
+    purged: int = 0
 
 
 class BudgetDaemon:
@@ -72,9 +75,22 @@ class BudgetDaemon:
             metrics.STORE_ERRORS.inc()
             log.warning("store_error reconcile error=%r", str(exc))
         metrics.RECONCILED.inc(report.reconciled)
+        await self._retention(report)
         await self._gauges(report)
         metrics.BATCH_SECONDS.labels("daemon").observe(time.perf_counter() - started)
         return report
+
+    async def _retention(self, report: DaemonReport) -> None:
+        # One bounded batch per pass (RETENTION_BATCH sessions): a backlog drains over
+        # a few ticks instead of holding up the safety net.
+        # With Redis down the checkpoints still go (committed); the keys expire.
+        purged = await purge_finished(
+            self.rt, batch=self.settings.retention_batch, most=self.settings.retention_batch
+        )
+        report.store_errors += purged.store_errors
+        metrics.STORE_ERRORS.inc(purged.store_errors)
+        report.purged = len(purged.session_ids)
+        metrics.PURGED.inc(report.purged)
 
     async def _gauges(self, report: DaemonReport) -> None:
         now = self.clock()

@@ -26,6 +26,9 @@ RUNNERS_LOST: Final = Counter(
 )
 HOOKS_RUNNING: Final = Gauge("agent_resume_hooks_running", "Resume hooks running in this worker")
 RECONCILED: Final = Counter("agent_store_reconciled_total", "Redis keys rewritten from PostgreSQL")
+PURGED: Final = Counter(
+    "agent_sessions_purged_total", "Completed sessions whose checkpoints retention deleted"
+)
 BATCH_SECONDS: Final = Histogram(
     "agent_batch_duration_seconds", "Duration of one worker or daemon batch", ["process"]
 )

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, real_seconds_until, utc_now
+from app.db.engine import create_engine, normalize_url
 from app.lifecycle import (
     WAKE_CHANNEL,
     RestoredSession,
@@ -206,6 +208,8 @@ class WakeWorker:
         self.on_resume: ResumeHook = on_resume or _acknowledge_only
         self.batch_size = batch_size
         self._notified = asyncio.Event()
+        if settings.database_listen_url:
+            normalize_url(settings.database_listen_url)  # a bad URL fails here, typed
 
     # ---------------------------------------------------------------- one pass
 
@@ -308,9 +312,38 @@ class WakeWorker:
             delay = min(delay, max(0.0, next_delivery) + 0.001)
         return delay
 
+    def _listen_engine(self) -> tuple[AsyncEngine | None, bool]:
+        """The engine to LISTEN on, and whether it is ours to dispose; None: poll only.
+
+        LISTEN holds a server connection for as long as it listens, which a
+        transaction-mode pooler cannot give: behind pgbouncer only a direct
+        ``DATABASE_LISTEN_URL`` can listen."""
+        if self.settings.database_listen_url:
+            engine = create_engine(self.settings.database_listen_url, poolclass=NullPool)
+            return engine, True
+        if self.settings.database_pooler != "none":
+            return None, False
+        bound: AsyncEngine = self.rt.session_factory.kw["bind"]
+        return bound, False
+
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN on the wake channel over a dedicated connection; reconnect on loss."""
-        engine: AsyncEngine = self.rt.session_factory.kw["bind"]
+        engine, owned = self._listen_engine()
+        if engine is None:
+            log.info(
+                "not listening: DATABASE_POOLER=%s and no DATABASE_LISTEN_URL, polling every"
+                " %gs (a top-up or resume waits up to that long)",
+                self.settings.database_pooler,
+                self.settings.wake_poll_interval,
+            )
+            return
+        try:
+            await self._listen_on(engine, stop)
+        finally:
+            if owned:
+                await engine.dispose()
+
+    async def _listen_on(self, engine: AsyncEngine, stop: asyncio.Event) -> None:
         backoff = Backoff(maximum=self.settings.backoff_max_seconds)
         while not stop.is_set():
             try:

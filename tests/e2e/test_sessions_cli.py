@@ -12,7 +12,12 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.engine import create_session_factory
+from app.lifecycle import Runtime
+from app.session_store import RedisSessionStore, connect_redis
+from app.settings import Settings
 from tests.e2e.conftest import base_env, make_due_sleepers
+from tests.fleet import AGE_DAYS, FLEET, OLD, census, make_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,3 +94,65 @@ async def test_list_show_redeliver_and_cancel(
     not_working = await app(env, "redeliver", "cli-00003")
     assert not_working.returncode == 1
     assert "sleeping" in not_working.stderr
+
+
+async def test_purge_deletes_what_it_says_and_nothing_else(
+    e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str
+) -> None:
+    """Sessions in every status; ``purge`` reports the completed sessions past the line,
+    deletes exactly their checkpoints and keys, and a dry run deletes nothing."""
+    url, engine = e2e_db
+    prefix = f"{key_prefix}-purge"
+    redis = connect_redis(redis_url)
+    rt = Runtime(
+        create_session_factory(engine), RedisSessionStore(redis, prefix=prefix), Settings()
+    )
+    try:
+        await make_fleet(rt, FLEET, AGE_DAYS)
+        before = await census(rt)
+        env = base_env(DATABASE_URL=url, REDIS_URL=redis_url, REDIS_PREFIX=prefix)
+
+        dry = await app(env, "purge", "--older-than", "30", "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        said = json.loads(dry.stdout)
+        assert (sorted(said["session_ids"]), said["checkpoints"], said["redis_keys"]) == (
+            OLD,
+            6,
+            2,
+        )
+        assert said["dry_run"] is True
+        assert await census(rt) == before
+
+        done = await app(env, "purge", "--older-than", "30")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[0] == (
+            "purge: 2 sessions completed more than 30 days ago: deleted 6 checkpoints and"
+            " 2 Redis keys (session rows and ledger kept)"
+        )
+        assert sorted(line.strip() for line in done.stdout.splitlines()[1:]) == OLD
+        after = await census(rt)
+        assert after["checkpoints"] == {
+            sid: n for sid, n in before["checkpoints"].items() if sid not in OLD
+        }
+        assert after["keys"] == before["keys"] - set(OLD)
+        for table in ("sessions", "ledger", "budget_days"):
+            assert after[table] == before[table]
+
+        bad = await app(env, "purge", "--older-than", "-3")
+        assert bad.returncode == 2
+        assert "days must be 0 or more" in bad.stderr
+
+        erased = await app(env, "delete", "working", "--json")
+        assert erased.returncode == 0, erased.stderr
+        assert json.loads(erased.stdout) == {
+            "session_id": "working", "status": "working", "sessions": 1,
+            "checkpoints": 3, "cost_events": 2, "redis_keys": 1,
+        }  # fmt: skip
+        assert "working" not in (await census(rt))["sessions"]
+        missing = await app(env, "delete", "working")
+        assert missing.returncode == 1
+        assert "working" in missing.stderr
+    finally:
+        async for key in redis.scan_iter(match=f"{prefix}:*"):
+            await redis.delete(key)
+        await redis.aclose()

@@ -316,10 +316,15 @@ async def test_the_append_path_keeps_keyframes_and_retention(session_factory: Fa
         assert await load(session_factory, sid, i, keep_last=3) == history[: i + 1]
 
 
-async def wait_for_lock_wait(engine: AsyncEngine, query: str) -> None:
-    """Poll until a backend of this database waits on a lock while running ``query``."""
+async def wait_for_lock_wait(
+    engine: AsyncEngine, query: str, waiter: asyncio.Task[Any] | None = None
+) -> None:
+    """Poll until a backend of this database waits on a lock while running ``query``;
+    if ``waiter`` (the task expected to block) ends first, say how it ended."""
     async with engine.connect() as probe:
         for _ in range(3_000):
+            if waiter is not None and waiter.done():
+                raise AssertionError(f"the blocked task ended instead: {waiter.result()!r}")
             waiting = await probe.scalar(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
@@ -351,7 +356,7 @@ async def test_a_writer_holding_the_session_that_rewrites_the_tip_neither_deadlo
             text("UPDATE agent_sessions SET last_checkpoint_at = now() WHERE id = :s"), {"s": sid}
         )
         append = asyncio.create_task(save(session_factory, checkpoint(sid, 2, h), cache=cache))
-        await wait_for_lock_wait(engine, "INSERT INTO agent_checkpoints")
+        await wait_for_lock_wait(engine, "INSERT INTO agent_checkpoints", append)
         await t1.execute(
             text(
                 "UPDATE agent_checkpoints SET message_history = CAST(:h AS jsonb),"

@@ -46,6 +46,12 @@ class AgentSession(Base):
             postgresql_where=text("status = 'working'"),
         ),
         Index("ix_agent_sessions_changed_at", "changed_at"),
+        # Retention reads the completed sessions whose checkpoints are still kept.
+        Index(
+            "ix_agent_sessions_completed_at_unpurged",
+            "completed_at",
+            postgresql_where=text("status = 'completed' AND purged_at IS NULL"),
+        ),
     )
 
     id: Mapped[Str255] = mapped_column(primary_key=True)
@@ -83,3 +89,6 @@ class AgentSession(Base):
     #: When ``version`` last moved, stamped by a trigger: the Redis mirror reconciles
     #: from it.
     changed_at: Mapped[datetime] = mapped_column(server_default=func.now(), init=False)
+    #: When retention deleted this completed session's checkpoints (RETENTION_DAYS
+    #: after completion); the row and its ledger stay.
+    purged_at: Mapped[datetime | None] = mapped_column(default=None)
