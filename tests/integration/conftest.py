@@ -14,7 +14,7 @@ import pytest
 #: pg_stat_activity, which shows an empty query for the waiting backend when the
 #: statement came through pgbouncer; the save does wait on the lock, and every other
 #: test of the module passes through pgbouncer).
-THROUGH_PGBOUNCER: Final = {"test_sessions", "test_budget", "test_checkpoints"}
+THROUGH_PGBOUNCER: Final = {"test_sessions", "test_budget", "test_checkpoints", "test_resume"}
 ON_A_CLUSTER: Final = {"test_session_store"}
 
 
