@@ -1,4 +1,5 @@
-"""Command line: ``python -m app migrate | worker | daemon | run | status | top-up | demo``."""
+"""Command line: ``python -m app migrate | worker | daemon | events | run | status |
+sessions | top-up | demo``."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from app.repositories import SessionRepository
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import BudgetDaemon, WakeWorker, metrics
+from app.workers.events import EventDeliverer
 from app.workers.wake import ResumeHook
 
 log = logging.getLogger("app")
@@ -167,12 +169,53 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+class _WithDeliverer:
+    """A process and, when ``WEBHOOK_URL`` is set, the event deliverer beside it."""
+
+    def __init__(self, process: Process, deliverer: EventDeliverer | None) -> None:
+        self.process = process
+        self.deliverer = deliverer
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        if self.deliverer is None:
+            log.info("WEBHOOK_URL is not set: budget events stay in the outbox, undelivered")
+            await self.process.run_forever(stop)
+            return
+        await asyncio.gather(self.process.run_forever(stop), self.deliverer.run_forever(stop))
+
+
+def deliverer_for(c: Connected, settings: Settings) -> EventDeliverer | None:
+    """The outbox's deliverer, if there is somewhere to deliver to."""
+    if not settings.webhook_url:
+        return None
+    return EventDeliverer(c.session_factory, c.store, settings)
+
+
 async def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
     return await serve_process(
         "daemon",
         settings,
         args,
-        lambda c, batch: BudgetDaemon(c.session_factory, c.store, settings, batch_size=batch),
+        lambda c, batch: _WithDeliverer(
+            BudgetDaemon(c.session_factory, c.store, settings, batch_size=batch),
+            deliverer_for(c, settings),
+        ),
+    )
+
+
+async def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.webhook_url:
+        raise UsageError("WEBHOOK_URL is not set: set it (and WEBHOOK_SECRET) to deliver events")
+    return await serve_process(
+        "events",
+        settings,
+        args,
+        lambda c, _: EventDeliverer(
+            c.session_factory,
+            c.store,
+            settings,
+            batch_size=args.batch_size or settings.webhook_batch_size,
+        ),
     )
 
 
@@ -187,7 +230,10 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         )
         daemon = BudgetDaemon(c.session_factory, c.store, settings, batch_size=settings.batch_size)
         log.info("worker and daemon started database=%s", mask_password(c.services.database_url))
-        await asyncio.gather(worker.run_forever(stop), daemon.run_forever(stop))
+        await asyncio.gather(
+            worker.run_forever(stop),
+            _WithDeliverer(daemon, deliverer_for(c, settings)).run_forever(stop),
+        )
     return 0
 
 
@@ -343,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--batch-size", type=int, help="sessions per pass (BATCH_SIZE)")
     daemon.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
 
+    events = sub.add_parser("events", help="deliver budget events to WEBHOOK_URL, signed")
+    events.add_argument("--batch-size", type=int, help="events per claim (WEBHOOK_BATCH_SIZE)")
+    events.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+
     run = sub.add_parser("run", help="worker and daemon in one process (embedded servers if unset)")
     run.add_argument("--on-resume", metavar="MODULE:FUNCTION")
     run.add_argument("--metrics-port", type=int)
@@ -383,6 +433,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "worker": cmd_worker,
     "daemon": cmd_daemon,
+    "events": cmd_events,
     "run": cmd_run,
     "status": cmd_status,
     "sessions": cmd_sessions,

@@ -2,6 +2,13 @@
 
 from app.repositories.budget import BudgetRepository, ChargeResult
 from app.repositories.checkpoints import CheckpointInfo, CheckpointRepository
+from app.repositories.events import (
+    ClaimedEvent,
+    EventRepository,
+    NewEvent,
+    session_event,
+    threshold_events,
+)
 from app.repositories.resume import ResumeRepository
 from app.repositories.sessions import WAKE_CHANNEL, SessionRepository
 
@@ -11,6 +18,11 @@ __all__ = [
     "ChargeResult",
     "CheckpointInfo",
     "CheckpointRepository",
+    "ClaimedEvent",
+    "EventRepository",
+    "NewEvent",
     "ResumeRepository",
     "SessionRepository",
+    "session_event",
+    "threshold_events",
 ]
