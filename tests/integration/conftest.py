@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.session_store import RedisSessionStore
 
 TABLES = (
-    "budget_credits, agent_cost_events, budget_days, agent_checkpoints, agent_sessions,"
-    " user_settings"
+    "agent_events, budget_credits, agent_cost_events, budget_days, agent_checkpoints,"
+    " agent_sessions, user_settings"
 )
 
 
