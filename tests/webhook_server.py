@@ -30,9 +30,19 @@ class WebhookServer:
     """Fails request number n with a 500 when ``n % fail_every == 0`` and drops the
     connection when ``n % drop_every == 0`` (0 turns either off)."""
 
+    def release(self) -> None:
+        """Answer the held requests, and hold no more."""
+        self.hold_after = None
+        self._released.set()
+
     secret: str
     fail_every: int = 3
     drop_every: int = 7
+    #: Requests after this many are held (no answer) until ``release()``: a test can
+    #: kill the sender while deliveries are in flight, whatever the machine's speed.
+    hold_after: int | None = None
+    holding: int = 0
+    _released: threading.Event = field(default_factory=threading.Event)
     received: list[Received] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: int = 0
@@ -73,6 +83,10 @@ class WebhookServer:
                 with server._lock:
                     server._count += 1
                     n = server._count
+                    hold = server.hold_after is not None and n > server.hold_after
+                    server.holding += hold
+                if hold:
+                    server._released.wait(120)
                 drop = server.drop_every and n % server.drop_every == 0
                 fail = server.fail_every and n % server.fail_every == 0
                 status = 0 if drop else 500 if fail else 204
