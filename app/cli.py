@@ -11,20 +11,23 @@ import json
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Protocol
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.budget import policy
+from app.cli_errors import ENVIRONMENT, USAGE, SchemaBehind, explain
 from app.clock import utc_now
 from app.db.engine import create_engine, create_session_factory, mask_password
-from app.db.migrate import upgrade
+from app.db.migrate import schema_problem, upgrade
 from app.db.models import BudgetDay
 from app.domain import InvalidInput, InvalidTransition, SessionNotFound, SessionStatus
 from app.lifecycle import (
@@ -58,6 +61,23 @@ class Connected:
     session_factory: async_sessionmaker[AsyncSession]
     store: RedisSessionStore
     services: LocalServices
+
+    async def require_schema(self) -> None:
+        """``SchemaBehind`` unless the database is at this code's newest revision."""
+        problem = await schema_problem(self.engine)
+        if problem is not None:
+            raise SchemaBehind(self.services.database_url, problem)
+
+    async def warn_if_schema_behind(self, name: str) -> None:
+        """Say once, on start, that the schema is behind; the process keeps going (and
+        backing off) so that it works as soon as someone migrates."""
+        try:
+            await self.require_schema()
+        except SchemaBehind as exc:
+            log.error("%s schema_behind: %s", name, exc)
+        except Exception as exc:
+            problem = explain(exc, database_url=self.services.database_url, redis_url=None)
+            log.error("%s cannot check the schema: %s", name, problem.message if problem else exc)
 
 
 @contextlib.asynccontextmanager
@@ -152,6 +172,7 @@ async def serve_process(
         process = build(c, args.batch_size or settings.batch_size)
         stop = stop_on_signals()
         log.info("%s started database=%s", name, mask_password(c.services.database_url))
+        await c.warn_if_schema_behind(name)
         await process.run_forever(stop)
     log.info("%s stopped", name)
     return 0
@@ -239,6 +260,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     async with connect(settings, embedded_ok=False) as c:
+        await c.require_schema()
         print(f"database {mask_password(c.services.database_url)}")
         await print_status(c.session_factory, top=args.top)
     return 0
@@ -296,6 +318,7 @@ def print_sessions(rows: list[dict[str, Any]]) -> None:
 
 async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     async with connect(settings, embedded_ok=False) as c:
+        await c.require_schema()
         rt = Runtime(c.session_factory, c.store, settings)
         try:
             if args.action == "list":
@@ -377,6 +400,7 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="upgrade DATABASE_URL to the newest revision")
 
@@ -442,19 +466,48 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _settings_or_usage_error() -> Settings:
     try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]).upper() or "a setting"
+        raise UsageError(
+            f"{name} is invalid ({first['msg']}): fix it in the environment or .env"
+            " (see .env.example)"
+        ) from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code: 0, 1 when a server, a login or the
+    schema is the problem, 2 for usage and configuration. One line per error; the
+    traceback only with ``--debug``."""
+    args = build_parser().parse_args(argv)
+    settings: Settings | None = None
+    try:
+        settings = _settings_or_usage_error()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            stream=sys.stderr,
+        )
         return asyncio.run(COMMANDS[args.command](settings, args))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(exc, UsageError):
+            print(f"error: {exc}", file=sys.stderr)
+            return USAGE
+        problem = explain(
+            exc,
+            database_url=settings.database_url if settings else None,
+            redis_url=settings.redis_url if settings else None,
+        )
+        if problem is None:
+            hint = "" if args.debug else " (run with --debug for the traceback)"
+            print(f"error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+            return ENVIRONMENT
+        print(f"error: {problem.message}", file=sys.stderr)
+        return problem.exit_code
