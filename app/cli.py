@@ -449,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=3)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--keep", action="store_true", help="keep the data for `status`")
+    demo.add_argument(
+        "--verbose", action="store_true", help="log to the screen, not to .local/demo-*.log"
+    )
+    demo.add_argument(
+        "--json", action="store_true", help="the summary as JSON on stdout (the screen on stderr)"
+    )
     demo.add_argument("--inject-fault", choices=["history"], help=argparse.SUPPRESS)
     return parser
 
