@@ -205,6 +205,15 @@ class _WithDeliverer:
         await asyncio.gather(self.process.run_forever(stop), self.deliverer.run_forever(stop))
 
 
+def require_webhook_settings(settings: Settings) -> None:
+    """WEBHOOK_URL comes with WEBHOOK_SECRET: an unsigned event could not be trusted."""
+    if settings.webhook_url and not settings.webhook_secret:
+        raise UsageError(
+            "WEBHOOK_URL is set but WEBHOOK_SECRET is not: set a secret, so that receivers"
+            " can verify the X-Signature of each event"
+        )
+
+
 def deliverer_for(c: Connected, settings: Settings) -> EventDeliverer | None:
     """The outbox's deliverer, if there is somewhere to deliver to."""
     if not settings.webhook_url:
@@ -213,6 +222,7 @@ def deliverer_for(c: Connected, settings: Settings) -> EventDeliverer | None:
 
 
 async def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
+    require_webhook_settings(settings)
     return await serve_process(
         "daemon",
         settings,
@@ -227,6 +237,7 @@ async def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.webhook_url:
         raise UsageError("WEBHOOK_URL is not set: set it (and WEBHOOK_SECRET) to deliver events")
+    require_webhook_settings(settings)
     return await serve_process(
         "events",
         settings,
@@ -242,6 +253,7 @@ async def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     hook = load_hook(args.on_resume or settings.on_resume)
+    require_webhook_settings(settings)
     async with connect(settings, embedded_ok=True) as c:
         await upgrade(c.engine)
         metrics.serve(args.metrics_port or settings.metrics_port)

@@ -58,10 +58,12 @@ class EventDeliverer:
     ) -> None:
         if not settings.webhook_url:
             raise ValueError("WEBHOOK_URL is not set: there is nowhere to deliver events")
+        if not settings.webhook_secret:
+            raise ValueError("WEBHOOK_SECRET is not set: receivers could not verify events")
         self.rt = Runtime(session_factory, store, settings)
         self.settings = settings
         self.url = settings.webhook_url
-        self.secret = settings.webhook_secret or ""
+        self.secret = settings.webhook_secret
         self.batch_size = batch_size or settings.webhook_batch_size
         self.timestamp = timestamp
         self._client = client

@@ -104,6 +104,17 @@ def test_missing_and_bad_settings_are_usage_errors() -> None:
     done = run(["migrate"])
     assert done.returncode == 2
     assert "DATABASE_URL is not set" in one_line(done)
+    done = run(["events"], DATABASE_URL="postgresql://x/y", REDIS_URL="redis://x")
+    assert done.returncode == 2
+    assert "WEBHOOK_URL is not set" in one_line(done)
+    done = run(
+        ["daemon"],
+        DATABASE_URL="postgresql://x/y",
+        REDIS_URL="redis://x",
+        WEBHOOK_URL="http://127.0.0.1:9/hooks",
+    )
+    assert done.returncode == 2
+    assert "WEBHOOK_SECRET is not" in one_line(done)
     done = run(["status"], BATCH_SIZE="many")
     assert done.returncode == 2
     assert one_line(done).startswith("error: BATCH_SIZE is invalid")
