@@ -91,3 +91,39 @@ async def test_a_killed_deliverer_loses_nothing(
     received = server.snapshot()
     assert all(r.signature_valid for r in received)
     assert {r.body["data"]["n"] for r in received if r.answered == 204} == set(range(EVENTS))
+
+
+async def test_the_daemon_delivers_events_when_a_webhook_is_set(
+    e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str, spawn: Callable[..., Any]
+) -> None:
+    url, engine = e2e_db
+    factory = create_session_factory(engine)
+    async with factory.begin() as s:
+        await emit(s, NewEvent(EventType.TOPPED_UP, "k-daemon", {"amount_microdollars": 1}))
+    server = WebhookServer(SECRET, fail_every=2, drop_every=0).start()
+    try:
+        daemon = spawn(
+            ["daemon"],
+            base_env(
+                DATABASE_URL=url,
+                REDIS_URL=redis_url,
+                REDIS_PREFIX=key_prefix,
+                WEBHOOK_URL=server.url,
+                WEBHOOK_SECRET=SECRET,
+                WEBHOOK_BACKOFF_BASE_SECONDS="0.05",
+                EVENTS_POLL_INTERVAL="0.1",
+            ),
+        )
+
+        async def delivered() -> bool:
+            return len(server.delivered_ids()) == 1
+
+        await eventually(delivered)
+        daemon.popen.terminate()
+        assert daemon.popen.wait(30) == 0
+    finally:
+        server.stop()
+    [received] = [r for r in server.snapshot() if r.answered == 204]
+    assert received.signature_valid
+    assert received.body["type"] == "budget.topped_up"
+    assert received.body["data"]["amount_microdollars"] == 1
