@@ -7,21 +7,25 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from app.db.models import AgentEvent
+from app.db.models import AgentCheckpoint, AgentEvent
 from app.domain import EventType, SessionStatus
 from app.lifecycle import (
     Runtime,
     charge,
+    deliver_due,
     emit,
+    enforce_budgets,
     record_top_up,
+    sleep_session,
     stop_session,
+    wake_session,
 )
-from app.repositories import NewEvent
+from app.repositories import ClaimedEvent, NewEvent
 from app.session_store import RedisSessionStore
 from app.settings import ModelPrice, Settings
 from app.webhooks import sign, verify
@@ -147,8 +151,6 @@ async def test_an_event_commits_or_vanishes_with_its_change(
 
 
 async def test_sleep_wake_stop_are_reported(rt: Runtime, session_factory: Factory) -> None:
-    from app.db.models import AgentCheckpoint
-    from app.lifecycle import sleep_session, wake_session
 
     await make_session(session_factory, "s-1", user="u-1")
     await sleep_session(rt, AgentCheckpoint(session_id="s-1", job_id="job-s-1"), now=NOW)
@@ -234,7 +236,6 @@ async def test_no_receiver_leaves_events_pending_and_due_again(
 
 
 def test_the_body_is_json_with_the_event_id() -> None:
-    from app.repositories import ClaimedEvent
 
     event = ClaimedEvent(
         1, "uuid-1", "budget.threshold", "k", "u-1", "s-1", {"threshold_percent": 90}, 2, NOW
@@ -243,3 +244,61 @@ def test_the_body_is_json_with_the_event_id() -> None:
     assert body["id"] == "uuid-1"
     assert body["data"]["threshold_percent"] == 90
     assert body["attempt"] == 2
+
+
+async def test_a_first_charge_of_the_day_can_cross_a_threshold(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    await make_session(session_factory, "s-1", user="u-new")
+    await spend(rt, "s-1", "r-1", 9_500)  # creates the day's row and reaches 95 % at once
+    found = await events(session_factory, EventType.THRESHOLD)
+    assert [(e.clerk_user_id, e.payload["threshold_percent"]) for e in found] == [("u-new", 90)]
+
+
+async def test_the_daemon_reports_its_stops(rt: Runtime, session_factory: Factory) -> None:
+
+    await make_session(session_factory, "quiet", user="u-1")
+    await make_session(session_factory, "busy", user="u-1")
+    await spend(rt, "busy", "r-1", 11_500)  # the user's day at 115 %: "busy" stops itself
+    done = await enforce_budgets(rt, limit=10)  # and the daemon stops "quiet"
+    assert [row.id for row in done.stopped] == ["quiet"]
+    stopped = await events(session_factory, EventType.STOPPED)
+    assert sorted((e.session_id, e.payload["by"]) for e in stopped) == [
+        ("busy", "charge"),
+        ("quiet", "daemon"),
+    ]
+
+
+async def test_parked_resumes_and_fenced_runners_are_reported(
+    session_factory: Factory, store: RedisSessionStore
+) -> None:
+
+    settings = make_settings().model_copy(
+        update={"resume_max_attempts": 2, "runner_timeout_seconds": 60.0}
+    )
+    rt = Runtime(session_factory, store, settings, lambda: NOW)
+    await make_session(session_factory, "stuck", user="u-1")
+    await make_session(session_factory, "silent", user="u-2")
+    async with session_factory.begin() as s:
+        # "stuck" is owed a resume that used up its attempts; "silent" has given no sign
+        # of life for ten minutes.
+        await s.execute(
+            text(
+                "UPDATE agent_sessions SET resume_due_at = now() - interval '1 s',"
+                " resume_attempts = 2 WHERE id = 'stuck'"
+            )
+        )
+        await s.execute(
+            text(
+                "UPDATE agent_sessions SET last_seen_at = now() - CAST(:by AS interval),"
+                " started_at = now() - CAST(:by AS interval) WHERE id = 'silent'"
+            ),
+            {"by": timedelta(minutes=10)},
+        )
+    found = await deliver_due(rt, limit=10)
+    assert (found.parked, found.orphans) == (["stuck"], ["silent"])
+    await deliver_due(rt, limit=10)  # nothing new: nothing is reported twice
+    parked = await events(session_factory, EventType.RESUME_PARKED)
+    fenced = await events(session_factory, EventType.RUNNER_FENCED)
+    assert [(e.session_id, e.payload["attempts"]) for e in parked] == [("stuck", 2)]
+    assert [e.session_id for e in fenced] == ["silent"]
