@@ -4,6 +4,7 @@ to do, and a non-zero exit code; the traceback only with ``--debug``."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 from sqlalchemy.engine import make_url
 
+from app.db.engine import create_engine
+from app.db.migrate import head, upgrade
 from tests.e2e.conftest import ROOT, Proc, base_env
 
 PASSWORD = "s3cret-pw"
@@ -82,6 +85,23 @@ async def test_status_on_an_empty_database_says_to_migrate(
     assert "has no schema (never migrated)" in line
     assert line.endswith("run `python -m app migrate`")
     assert f"/{make_url(url).database}" in line
+
+
+async def test_a_database_behind_the_code_says_to_migrate(
+    make_database: Callable[[], Awaitable[str]], redis_url: str
+) -> None:
+    url = await make_database()
+    engine = create_engine(url)
+    try:
+        await upgrade(engine, "0005")
+    finally:
+        await engine.dispose()
+    for command in (["status"], ["sessions", "list"]):
+        done = await asyncio.to_thread(run, command, DATABASE_URL=url, REDIS_URL=redis_url)
+        assert done.returncode == 1
+        line = one_line(done)
+        assert f"is at revision 0005, behind this code's {head()}" in line
+        assert line.endswith("run `python -m app migrate`")
 
 
 async def test_a_refused_login_names_the_user(
