@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -524,6 +525,17 @@ async def top_up(
         resumed = await repo.resume_within_budget(clerk_user_id=clerk_user_id, day=today)
         if resumed:
             await repo.notify_workers()  # each resumed session is owed a delivery
+        # The outbox, in the top-up's transaction: the purchase, and each session it
+        # resumed (the sleepers it made due are reported when a worker wakes them).
+        await record_top_up(
+            s,
+            clerk_user_id=clerk_user_id,
+            amount_microdollars=amount_microdollars,
+            top_up_id=uuid.uuid4().hex,
+            sessions_moved=woken + len(resumed),
+            at=moment,
+        )
+        await emit(s, *(session_event(EventType.WOKEN, row, reason="top-up") for row in resumed))
         latest: dict[str, CheckpointMeta | None] = {}
         for row in resumed:
             found = await rt.checkpoints(s).list(row.id, limit=1)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, text
 
-from app.db.models import AgentCheckpoint, AgentEvent
+from app.db.models import AgentCheckpoint, AgentEvent, UserSettings
 from app.domain import EventType, SessionStatus
 from app.lifecycle import (
     Runtime,
@@ -23,6 +23,7 @@ from app.lifecycle import (
     record_top_up,
     sleep_session,
     stop_session,
+    top_up,
     wake_session,
 )
 from app.repositories import ClaimedEvent, NewEvent
@@ -302,3 +303,20 @@ async def test_parked_resumes_and_fenced_runners_are_reported(
     fenced = await events(session_factory, EventType.RUNNER_FENCED)
     assert [(e.session_id, e.payload["attempts"]) for e in parked] == [("stuck", 2)]
     assert [e.session_id for e in fenced] == ["silent"]
+
+
+async def test_a_top_up_is_reported_with_the_sessions_it_resumed(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    async with session_factory.begin() as s:
+        s.add(UserSettings(clerk_user_id="u-1", tier="partner"))
+    await make_session(session_factory, "s-1", user="u-1")
+    await spend(rt, "s-1", "r-1", 11_500)  # 115 %: stopped
+    moved = await top_up(rt, clerk_user_id="u-1", amount_microdollars=20_000, now=NOW)
+    assert moved == 1  # back under 100 %: resumed
+    [bought] = await events(session_factory, EventType.TOPPED_UP)
+    assert bought.clerk_user_id == "u-1"
+    assert bought.payload["amount_microdollars"] == 20_000
+    assert bought.payload["sessions_moved"] == 1
+    woken = await events(session_factory, EventType.WOKEN)
+    assert [(e.session_id, e.payload["reason"]) for e in woken] == [("s-1", "top-up")]
