@@ -272,6 +272,10 @@ async def sleep_session(
     today = policy.budget_day(moment)  # InvalidInput for a naive time
     async with rt.session_factory.begin() as s:
         repo = SessionRepository(s)
+        # The session row first, then the new day's budget row (carry-on): the order of
+        # the wake path, which claims the sleeper and then books its day. The other
+        # order deadlocks with a worker waking this session after the daemon slept it.
+        await repo.lock(checkpoint.session_id)
         budgets = BudgetRepository(s, rt.settings)
         decided_on = await budgets.last_charge_day(checkpoint.session_id) or today
         carry_on = (
