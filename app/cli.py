@@ -389,6 +389,7 @@ def format_usd(microdollars: int) -> str:
 async def cmd_top_up(settings: Settings, args: argparse.Namespace) -> int:
     amount = parse_usd(args.amount_usd)
     async with connect(settings, embedded_ok=False) as c:
+        await c.require_schema()
         rt = Runtime(c.session_factory, c.store, settings)
         try:
             changed = await top_up(rt, clerk_user_id=args.user_id, amount_microdollars=amount)
