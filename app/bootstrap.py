@@ -7,17 +7,22 @@ imports upward (``cli`` and ``demo`` both depend on it, never on each other).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.cli_errors import SchemaBehind, explain
 from app.clock import Clock, utc_now
 from app.db.engine import create_engine, create_session_factory, mask_password
+from app.db.migrate import schema_problem
 from app.lifecycle import Runtime
 from app.local_services import LocalServices, local_services
 from app.session_store import RedisSessionStore, connect_redis
 from app.settings import Settings
+
+log = logging.getLogger("app")
 
 
 class UsageError(Exception):
@@ -36,6 +41,23 @@ class Connected:
     def runtime(self, settings: Settings, clock: Clock = utc_now) -> Runtime:
         """The use cases' runtime over these connections."""
         return Runtime(self.session_factory, self.store, settings, clock)
+
+    async def require_schema(self) -> None:
+        """``SchemaBehind`` unless the database is at this code's newest revision."""
+        problem = await schema_problem(self.engine)
+        if problem is not None:
+            raise SchemaBehind(self.services.database_url, problem)
+
+    async def warn_if_schema_behind(self, name: str) -> None:
+        """Say once, on start, that the schema is behind; the process keeps going (and
+        backing off) so that it works as soon as someone migrates."""
+        try:
+            await self.require_schema()
+        except SchemaBehind as exc:
+            log.error("%s schema_behind: %s", name, exc)
+        except Exception as exc:
+            problem = explain(exc, database_url=self.services.database_url, redis_url=None)
+            log.error("%s cannot check the schema: %s", name, problem.message if problem else exc)
 
 
 @contextlib.asynccontextmanager

@@ -1,5 +1,5 @@
-"""Command line: ``python -m app migrate | worker | daemon | run | status | sessions | top-up |
-demo``."""
+"""Command line: ``python -m app migrate | worker | daemon | events | run | status |
+sessions | top-up | demo``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ import json
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Protocol
 
+from pydantic import ValidationError
+
 from app.bootstrap import Connected, UsageError, connect
+from app.cli_errors import ENVIRONMENT, USAGE, explain
 from app.db.engine import create_engine, mask_password
 from app.db.migrate import upgrade
 from app.domain import InvalidInput, InvalidTransition, SessionNotFound, SessionStatus
@@ -34,6 +38,7 @@ from app.lifecycle import (
 )
 from app.settings import Settings
 from app.workers import BudgetDaemon, WakeWorker, metrics
+from app.workers.events import EventDeliverer
 from app.workers.wake import ResumeHook
 
 log = logging.getLogger("app")
@@ -107,6 +112,7 @@ async def serve_process(
         process = build(c, args.batch_size or settings.batch_size)
         stop = stop_on_signals()
         log.info("%s started database=%s", name, mask_password(c.services.database_url))
+        await c.warn_if_schema_behind(name)
         await process.run_forever(stop)
     log.info("%s stopped", name)
     return 0
@@ -124,17 +130,70 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+class _WithDeliverer:
+    """A process and, when ``WEBHOOK_URL`` is set, the event deliverer beside it."""
+
+    def __init__(self, process: Process, deliverer: EventDeliverer | None) -> None:
+        self.process = process
+        self.deliverer = deliverer
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        if self.deliverer is None:
+            log.info("WEBHOOK_URL is not set: budget events stay in the outbox, undelivered")
+            await self.process.run_forever(stop)
+            return
+        await asyncio.gather(self.process.run_forever(stop), self.deliverer.run_forever(stop))
+
+
+def require_webhook_settings(settings: Settings) -> None:
+    """WEBHOOK_URL comes with WEBHOOK_SECRET: an unsigned event could not be trusted."""
+    if settings.webhook_url and not settings.webhook_secret:
+        raise UsageError(
+            "WEBHOOK_URL is set but WEBHOOK_SECRET is not: set a secret, so that receivers"
+            " can verify the X-Signature of each event"
+        )
+
+
+def deliverer_for(c: Connected, settings: Settings) -> EventDeliverer | None:
+    """The outbox's deliverer, if there is somewhere to deliver to."""
+    if not settings.webhook_url:
+        return None
+    return EventDeliverer(c.session_factory, c.store, settings)
+
+
 async def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
+    require_webhook_settings(settings)
     return await serve_process(
         "daemon",
         settings,
         args,
-        lambda c, batch: BudgetDaemon(c.session_factory, c.store, settings, batch_size=batch),
+        lambda c, batch: _WithDeliverer(
+            BudgetDaemon(c.session_factory, c.store, settings, batch_size=batch),
+            deliverer_for(c, settings),
+        ),
+    )
+
+
+async def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.webhook_url:
+        raise UsageError("WEBHOOK_URL is not set: set it (and WEBHOOK_SECRET) to deliver events")
+    require_webhook_settings(settings)
+    return await serve_process(
+        "events",
+        settings,
+        args,
+        lambda c, _: EventDeliverer(
+            c.session_factory,
+            c.store,
+            settings,
+            batch_size=args.batch_size or settings.webhook_batch_size,
+        ),
     )
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     hook = load_hook(args.on_resume or settings.on_resume)
+    require_webhook_settings(settings)
     async with connect(settings, embedded_ok=True) as c:
         await upgrade(c.engine)
         metrics.serve(args.metrics_port or settings.metrics_port)
@@ -144,12 +203,16 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         )
         daemon = BudgetDaemon(c.session_factory, c.store, settings, batch_size=settings.batch_size)
         log.info("worker and daemon started database=%s", mask_password(c.services.database_url))
-        await asyncio.gather(worker.run_forever(stop), daemon.run_forever(stop))
+        await asyncio.gather(
+            worker.run_forever(stop),
+            _WithDeliverer(daemon, deliverer_for(c, settings)).run_forever(stop),
+        )
     return 0
 
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     async with connect(settings, embedded_ok=False) as c:
+        await c.require_schema()
         print(f"database {mask_password(c.services.database_url)}")
         await print_status(c.runtime(settings), top=args.top)
     return 0
@@ -187,6 +250,7 @@ def print_sessions(rows: list[dict[str, Any]]) -> None:
 
 async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     async with connect(settings, embedded_ok=False) as c:
+        await c.require_schema()
         rt = Runtime(c.session_factory, c.store, settings)
         try:
             if args.action == "list":
@@ -263,6 +327,7 @@ def format_usd(microdollars: int) -> str:
 async def cmd_top_up(settings: Settings, args: argparse.Namespace) -> int:
     amount = parse_usd(args.amount_usd)
     async with connect(settings, embedded_ok=False) as c:
+        await c.require_schema()
         rt = Runtime(c.session_factory, c.store, settings)
         try:
             changed = await top_up(rt, clerk_user_id=args.user_id, amount_microdollars=amount)
@@ -303,6 +368,7 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="upgrade DATABASE_URL to the newest revision")
 
@@ -314,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     daemon = sub.add_parser("daemon", help="sleep silent over-budget sessions, stop runaways")
     daemon.add_argument("--batch-size", type=int, help="sessions per pass (BATCH_SIZE)")
     daemon.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+
+    events = sub.add_parser("events", help="deliver budget events to WEBHOOK_URL, signed")
+    events.add_argument("--batch-size", type=int, help="events per claim (WEBHOOK_BATCH_SIZE)")
+    events.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
 
     run = sub.add_parser("run", help="worker and daemon in one process (embedded servers if unset)")
     run.add_argument("--on-resume", metavar="MODULE:FUNCTION")
@@ -365,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=3)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--keep", action="store_true", help="keep the data for `status`")
+    demo.add_argument(
+        "--verbose", action="store_true", help="log to the screen, not to .local/demo-*.log"
+    )
+    demo.add_argument(
+        "--json", action="store_true", help="the summary as JSON on stdout (the screen on stderr)"
+    )
     demo.add_argument("--inject-fault", choices=["history"], help=argparse.SUPPRESS)
     return parser
 
@@ -383,6 +459,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "worker": cmd_worker,
     "daemon": cmd_daemon,
+    "events": cmd_events,
     "run": cmd_run,
     "status": cmd_status,
     "sessions": cmd_sessions,
@@ -391,19 +468,48 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _settings_or_usage_error() -> Settings:
     try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]).upper() or "a setting"
+        raise UsageError(
+            f"{name} is invalid ({first['msg']}): fix it in the environment or .env"
+            " (see .env.example)"
+        ) from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code: 0, 1 when a server, a login or the
+    schema is the problem, 2 for usage and configuration. One line per error; the
+    traceback only with ``--debug``."""
+    args = build_parser().parse_args(argv)
+    settings: Settings | None = None
+    try:
+        settings = _settings_or_usage_error()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            stream=sys.stderr,
+        )
         return asyncio.run(COMMANDS[args.command](settings, args))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(exc, UsageError):
+            print(f"error: {exc}", file=sys.stderr)
+            return USAGE
+        problem = explain(
+            exc,
+            database_url=settings.database_url if settings else None,
+            redis_url=settings.redis_url if settings else None,
+        )
+        if problem is None:
+            hint = "" if args.debug else " (run with --debug for the traceback)"
+            print(f"error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+            return ENVIRONMENT
+        print(f"error: {problem.message}", file=sys.stderr)
+        return problem.exit_code

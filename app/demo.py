@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import logging
 import random
 import sys
-import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
+from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import delete, func, select, text, update
@@ -41,6 +43,7 @@ from app.lifecycle import (
     stop_session,
 )
 from app.lifecycle import charge as charge_call
+from app.local_services import DEFAULT_ROOT
 from app.repositories import ChargeResult
 from app.repositories.budget_rules import stops
 from app.settings import Settings
@@ -326,27 +329,39 @@ async def seed_users(
 
 
 async def show_progress(fleet: Fleet, stop: asyncio.Event, start: datetime, days: int) -> None:
+    """A bar redrawn in place on a terminal; elsewhere (CI, a pipe) one line per
+    simulated day, printed as the day ends."""
     tty = sys.stdout.isatty()
-    last_line = 0.0
-    while not stop.is_set():
-        now = min(fleet.clock(), fleet.end)
-        day = min(days, (now.date() - start.date()).days + 1)
+    printed = 0  # days whose line a non-terminal has had
+
+    def render(now: datetime, day: int) -> str:
         width = 30
         done = int(width * (now - start) / (fleet.end - start))
         bar = "#" * done + "." * (width - done)
-        line = (
+        return (
             f"[{bar}] day {day}/{days} {now:%Y-%m-%d %H:%M} UTC"
             f"  iterations {fleet.events['iteration']:5d}"
             f"  sleeps {fleet.events['sleep']:3d}  wakes {fleet.events['wake']:3d}"
         )
+
+    while True:
+        finished = stop.is_set()
+        now = fleet.end if finished else min(fleet.clock(), fleet.end)
+        day = min(days, (now.date() - start.date()).days + 1)
         if tty:
-            print("\r" + line, end="", flush=True)
-        elif time.monotonic() - last_line > 2.0:
-            print(line, flush=True)
-            last_line = time.monotonic()
+            print("\r" + render(now, day), end="\n" if finished else "", flush=True)
+        else:
+            ended = days if finished else min(days, (now.date() - start.date()).days)
+            while printed < ended:
+                printed += 1
+                # The line of a day that ended: its midnight, or the end of the run.
+                midnight = datetime.combine(
+                    start.date() + timedelta(days=printed), dtime(0, 0), tzinfo=UTC
+                )
+                print(render(min(now, midnight), printed), flush=True)
+        if finished:
+            return
         await asyncio.sleep(0.2)
-    if tty:
-        print()
 
 
 # -------------------------------------------------------------------- checks
@@ -480,6 +495,46 @@ def print_table(fleet: Fleet, budgets: dict[tuple[date, Tier], tuple[int, int]])
         )
 
 
+def summary_rows(
+    fleet: Fleet, budgets: dict[tuple[date, Tier], tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """The closing table as data, for ``--json``."""
+    rows = []
+    for key in sorted(fleet.tally, key=lambda k: (k[0], TIERS.index(k[1]))):
+        t = fleet.tally[key]
+        spent, budget = budgets.get(key, (0, 0))
+        rows.append(
+            {
+                "day": key[0].isoformat(),
+                "tier": key[1].value,
+                "sessions": len(t.sessions),
+                "iterations": t.iterations,
+                "spent_microdollars": spent,
+                "budget_microdollars": budget,
+                "sleeps": t.sleeps,
+                "wakes": t.wakes,
+            }
+        )
+    return rows
+
+
+def route_logs(run_id: str, *, verbose: bool) -> Path | None:
+    """Send the log to ``.local/demo-<run>.log`` so that the screen shows only the bar
+    and the table (``--verbose``: leave it on stderr). Returns the file's path."""
+    if verbose:
+        return None
+    path = DEFAULT_ROOT / f"demo-{run_id}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    return path
+
+
 async def spend_by_day_and_tier(
     factory: async_sessionmaker[AsyncSession], fleet: Fleet
 ) -> dict[tuple[date, Tier], tuple[int, int]]:
@@ -499,6 +554,19 @@ async def spend_by_day_and_tier(
 
 
 async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """The demo; with ``--json`` the screen goes to stderr and stdout gets the summary."""
+    if not getattr(args, "json", False):
+        return await _run_demo(settings, args, None)
+    summary: dict[str, Any] = {}
+    with contextlib.redirect_stdout(sys.stderr):
+        code = await _run_demo(settings, args, summary)
+    print(json.dumps(summary, indent=2))
+    return code
+
+
+async def _run_demo(
+    settings: Settings, args: argparse.Namespace, summary: dict[str, Any] | None
+) -> int:
     if args.sessions < 1 or args.days < 1:
         raise UsageError("--sessions and --days must be at least 1")
     start = datetime.combine(datetime.now(UTC).date(), dtime(8, 0), tzinfo=UTC)
@@ -506,6 +574,9 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     clock = VirtualClock(start, speed=speed)
     end = datetime.combine(start.date() + timedelta(days=args.days), dtime(0, 0), tzinfo=UTC)
     fleet = Fleet(uuid.uuid4().hex[:6], clock, end, random.Random(args.seed))
+    log_file = route_logs(fleet.run_id, verbose=getattr(args, "verbose", False))
+    if log_file is not None:
+        print(f"demo log: {log_file} (--verbose: on the screen instead)", flush=True)
     # Poll often in real time: a virtual hour is under a fifth of a second here.
     demo_settings = settings.model_copy(
         update={"wake_poll_interval": 0.5, "daemon_interval": 1.0, "sleep_grace_seconds": 300}
@@ -541,6 +612,24 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         budgets = await spend_by_day_and_tier(factory, fleet)
         print_table(fleet, budgets)
         breaches = await verify(factory, fleet)
+        if summary is not None:
+            summary.update(
+                run_id=fleet.run_id,
+                sessions=len(plan),
+                users=len({u for _, u, _ in plan}),
+                days=args.days,
+                start=start.isoformat(),
+                sleeps=fleet.events["sleep"],
+                wakes=fleet.events["wake"],
+                iterations=fleet.events["iteration"],
+                charges=fleet.fresh_charges,
+                retried_charges=fleet.duplicates_seen,
+                cost_microdollars=fleet.fresh_cost,
+                by_day_and_tier=summary_rows(fleet, budgets),
+                breaches=breaches,
+                passed=not breaches,
+                log_file=None if log_file is None else str(log_file),
+            )
         print()
         print(
             f"self-check: {fleet.events['sleep']} sleeps, {fleet.events['wake']} wakes,"

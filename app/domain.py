@@ -164,3 +164,15 @@ class DatabaseError(DomainError):
 
 class DatabaseUnavailable(DomainError):
     """PostgreSQL could not be reached or dropped the connection mid-transaction."""
+
+
+class EventType(StrEnum):
+    """What an outbox event reports (DESIGN.md §8; delivered as signed webhooks)."""
+
+    THRESHOLD = "budget.threshold"  # 90 / 100 / 110 % of a user's day, once each
+    SLEPT = "session.slept"
+    WOKEN = "session.woken"
+    STOPPED = "session.stopped"
+    TOPPED_UP = "budget.topped_up"
+    RESUME_PARKED = "resume.parked"
+    RUNNER_FENCED = "runner.fenced"

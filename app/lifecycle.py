@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -19,12 +20,14 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import usage_metrics
 from app.budget import policy
 from app.clock import Clock, utc_now
 from app.db.models import AgentCheckpoint, AgentSession
 from app.domain import (
     Decision,
     DomainError,
+    EventType,
     InvalidTransition,
     SessionNotFound,
     SessionStatus,
@@ -36,9 +39,13 @@ from app.repositories import (
     BudgetRepository,
     ChargeResult,
     CheckpointRepository,
+    ClaimedEvent,
+    EventRepository,
+    NewEvent,
     ResumeRepository,
     RetentionRepository,
     SessionRepository,
+    session_event,
 )
 from app.repositories.checkpoint_cache import HistoryCache
 from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
@@ -279,6 +286,10 @@ async def sleep_session(
     today = policy.budget_day(moment)  # InvalidInput for a naive time
     async with rt.session_factory.begin() as s:
         repo = SessionRepository(s)
+        # The session row first, then the new day's budget row (carry-on): the order of
+        # the wake path, which claims the sleeper and then books its day. The other
+        # order deadlocks with a worker waking this session after the daemon slept it.
+        await repo.lock(checkpoint.session_id)
         budgets = BudgetRepository(s, rt.settings)
         decided_on = await budgets.last_charge_day(checkpoint.session_id) or today
         carry_on = (
@@ -308,6 +319,8 @@ async def sleep_session(
                     raise
                 session = await repo.get(checkpoint.session_id)
                 reason = f"already {exc.current}"
+            else:
+                await emit(s, session_event(EventType.SLEPT, session, by="agent", reason=reason))
     log.info(
         "sleep session=%s reason=%r status=%s wake_at=%s iteration=%d",
         session.id, reason, session.status,
@@ -353,6 +366,9 @@ async def stop_session(
             if exc.current is not S.BUDGET_EXCEEDED:
                 raise
             session = await repo.get(session_id)  # the charge stopped it already
+        # Once per stop: the key is the session's version, so a stop the charge already
+        # reported is not reported twice.
+        await emit(s, session_event(EventType.STOPPED, session, by="request", reason=reason))
     log.info("stop session=%s reason=%r", session.id, reason)
     await write_key(rt, session, stored)
     return session
@@ -401,6 +417,7 @@ async def wake_many(
     sessions: Sequence[AgentSession],
     *,
     lease: timedelta | None = None,
+    reason: str = "due",
 ) -> tuple[list[RestoredSession], dict[str, DomainError]]:
     """The PostgreSQL part of waking ``sessions``, inside the caller's transaction.
 
@@ -433,6 +450,7 @@ async def wake_many(
                 if row.id in failed
             }
         )
+    await emit(s, *(session_event(EventType.WOKEN, row, reason=reason) for row in woken))
     restored = []
     for row in woken:
         checkpoint = checkpoints[row.id]
@@ -465,7 +483,7 @@ async def wake_session(
     owed and delivered by a worker (the caller gets the token too)."""
     async with rt.session_factory.begin() as s:
         session = await SessionRepository(s).get(session_id)
-        woken, failed = await wake_many(rt, s, [session])
+        woken, failed = await wake_many(rt, s, [session], reason=reason)
         if failed:
             raise failed[session_id]
         if not woken:
@@ -488,6 +506,7 @@ async def resume_session(
         repo = SessionRepository(s)
         session = await repo.transition(session_id, S.WORKING, expected=S.BUDGET_EXCEEDED)
         checkpoint = await rt.checkpoints(s).load_latest(session_id)
+        await emit(s, session_event(EventType.WOKEN, session, reason=reason))
         await repo.notify_workers()
     restored = RestoredSession.of(session, checkpoint)
     log_wake(restored, reason)
@@ -524,6 +543,17 @@ async def top_up(
         resumed = await repo.resume_within_budget(clerk_user_id=clerk_user_id, day=today)
         if resumed:
             await repo.notify_workers()  # each resumed session is owed a delivery
+        # The outbox, in the top-up's transaction: the purchase, and each session it
+        # resumed (the sleepers it made due are reported when a worker wakes them).
+        await record_top_up(
+            s,
+            clerk_user_id=clerk_user_id,
+            amount_microdollars=amount_microdollars,
+            top_up_id=uuid.uuid4().hex,
+            sessions_moved=woken + len(resumed),
+            at=moment,
+        )
+        await emit(s, *(session_event(EventType.WOKEN, row, reason="top-up") for row in resumed))
         latest: dict[str, CheckpointMeta | None] = {}
         for row in resumed:
             found = await rt.checkpoints(s).list(row.id, limit=1)
@@ -586,6 +616,25 @@ async def deliver_due(rt: Runtime, *, limit: int) -> DeliveryPass:
                 )
             else:
                 result.deliveries.append(RestoredSession.of(row, checkpoint))
+        await emit(
+            s,
+            *(
+                replace(
+                    session_event(EventType.RESUME_PARKED, row, attempts=row.resume_attempts),
+                    dedup_key=f"{EventType.RESUME_PARKED.value}:{row.id}:{row.resume_token}"
+                    f":{_iso(row.resume_parked_at)}",
+                )
+                for row in parked
+            ),
+            *(
+                replace(
+                    session_event(EventType.RUNNER_FENCED, row),
+                    # A new token per redelivery: once per fenced runner.
+                    dedup_key=f"{EventType.RUNNER_FENCED.value}:{row.id}:{row.resume_token}",
+                )
+                for row in orphans
+            ),
+        )
     result.parked = [row.id for row in parked]
     result.orphans = [row.id for row in orphans]
     for session_id in result.parked:
@@ -699,6 +748,11 @@ async def charge(
             if result.decision is Decision.STOP and not result.duplicate
             else None
         )
+        if stopped is not None and stopped.status == S.BUDGET_EXCEEDED:
+            await emit(s, session_event(EventType.STOPPED, stopped, by="charge"))
+    if not result.duplicate:
+        usage_metrics.CHARGES.inc()
+        usage_metrics.SPEND.inc(result.cost_microdollars)
     if stopped is not None:
         await write_key(rt, stopped)
     return result
@@ -865,6 +919,84 @@ async def delete_session(rt: Runtime, session_id: str) -> Removed:
     return Removed(session_id, deleted.status, deleted.checkpoints, deleted.cost_events, keys)
 
 
+# ----------------------------------------------------------- events (outbox)
+
+
+async def emit(s: AsyncSession, *events: NewEvent) -> int:
+    """Add events to the outbox in the caller's transaction: they commit, or vanish,
+    with the change they report. Repeats (same ``dedup_key``) are dropped."""
+    return await EventRepository(s).add(events)
+
+
+async def record_top_up(
+    s: AsyncSession,
+    *,
+    clerk_user_id: str,
+    amount_microdollars: int,
+    top_up_id: str,
+    sessions_moved: int = 0,
+    at: datetime | None = None,
+) -> int:
+    """The ``budget.topped_up`` event, for ``top_up`` to call inside its transaction
+    (``top_up_id`` names the purchase: a retried top-up reports once)."""
+    payload: dict[str, Any] = {
+        "amount_microdollars": amount_microdollars,
+        "sessions_moved": sessions_moved,
+    }
+    if at is not None:
+        payload["at"] = at.isoformat()
+    return await emit(
+        s,
+        NewEvent(
+            EventType.TOPPED_UP,
+            f"{EventType.TOPPED_UP.value}:{clerk_user_id}:{top_up_id}",
+            payload,
+            clerk_user_id=clerk_user_id,
+        ),
+    )
+
+
+async def claim_events(rt: Runtime, *, limit: int) -> list[ClaimedEvent]:
+    """Book up to ``limit`` due events to the caller for one lease (``SKIP LOCKED``:
+    deliverers get disjoint batches; one that dies leaves them due after the lease)."""
+    lease = timedelta(seconds=rt.settings.webhook_lease_seconds)
+    async with rt.session_factory.begin() as s:
+        return await EventRepository(s).claim(lease=lease, limit=limit)
+
+
+async def events_delivered(rt: Runtime, ids: Sequence[int]) -> int:
+    """The receiver took these events (a 2xx answer)."""
+    if not ids:
+        return 0
+    async with rt.session_factory.begin() as s:
+        return await EventRepository(s).delivered(ids)
+
+
+def event_retry_delay(rt: Runtime, attempts: int) -> timedelta:
+    """Capped exponential backoff after ``attempts`` failed deliveries."""
+    base = rt.settings.webhook_backoff_base_seconds
+    return timedelta(
+        seconds=min(rt.settings.webhook_backoff_max_seconds, base * 2.0 ** max(0, attempts - 1))
+    )
+
+
+async def event_failed(rt: Runtime, event: ClaimedEvent, error: str) -> timedelta:
+    """A delivery failed: the event is due again after the backoff; returns the delay."""
+    delay = event_retry_delay(rt, event.attempts)
+    async with rt.session_factory.begin() as s:
+        await EventRepository(s).retry_later(event.id, event.attempts, delay=delay, error=error)
+    return delay
+
+
+async def events_pending(rt: Runtime) -> tuple[int, float, float | None]:
+    """Undelivered events, the oldest one's age in seconds, and the seconds until the
+    next one is due (None: nothing to deliver)."""
+    async with rt.session_factory() as s:
+        repo = EventRepository(s)
+        count, oldest = await repo.pending()
+        return count, oldest, await repo.seconds_until_next()
+
+
 # ------------------------------------------------------------------- operators
 
 
@@ -976,6 +1108,11 @@ async def enforce_budgets(rt: Runtime, *, limit: int) -> EnforcePass:
                 wake_at=policy.next_budget_day_start(now),
                 limit=limit,
             )
+            await emit(
+                s,
+                *(session_event(EventType.STOPPED, row, by="daemon") for row in stopped),
+                *(session_event(EventType.SLEPT, row, by="daemon") for row in slept),
+            )
         for row in stopped:
             log.info("stop session=%s reason=%r by=daemon", row.id, "over 110% of daily budget")
         for row in slept:
@@ -993,6 +1130,7 @@ async def enforce_budgets(rt: Runtime, *, limit: int) -> EnforcePass:
 
 __all__ = [
     "WAKE_CHANNEL",
+    "ClaimedEvent",
     "DeliveryPass",
     "EnforcePass",
     "Gauges",
@@ -1004,12 +1142,18 @@ __all__ = [
     "WakePass",
     "acknowledge",
     "charge",
+    "claim_events",
     "complete_session",
     "delete_session",
     "deliver_due",
     "delivery_failed",
     "describe",
+    "emit",
     "enforce_budgets",
+    "event_failed",
+    "event_retry_delay",
+    "events_delivered",
+    "events_pending",
     "find_sessions",
     "gauges",
     "heartbeat",
@@ -1017,6 +1161,7 @@ __all__ = [
     "next_due",
     "purge_finished",
     "reconcile_store",
+    "record_top_up",
     "redeliver",
     "renew_leases",
     "resume_session",

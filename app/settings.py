@@ -101,6 +101,19 @@ class Settings(BaseSettings):
     # completion (the daemon, in batches of RETENTION_BATCH); the row and ledger stay.
     retention_days: PositiveInt = 30
     retention_batch: PositiveInt = 500
+    # Budget events (DESIGN.md §8): the outbox's deliverer POSTs each one to WEBHOOK_URL,
+    # signed with WEBHOOK_SECRET (X-Signature: t=<unix time>,v1=<HMAC-SHA256 hex>).
+    # No URL: events stay in the outbox, undelivered, until one is set.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_timeout_seconds: PositiveFloat = 10.0
+    # A claimed event is due again after the lease, should its deliverer die: keep it
+    # above the timeout.
+    webhook_lease_seconds: PositiveFloat = 60.0
+    webhook_backoff_base_seconds: PositiveFloat = 1.0
+    webhook_backoff_max_seconds: PositiveFloat = 300.0
+    webhook_batch_size: PositiveInt = 50
+    events_poll_interval: PositiveFloat = 2.0
     on_resume: str | None = None
     metrics_port: int | None = None
     log_level: str = "INFO"

@@ -14,8 +14,8 @@ from app.db.migrate import upgrade
 from app.session_store import RedisClient, RedisSessionStore
 
 TABLES = (
-    "budget_credits, agent_cost_events, budget_days, agent_checkpoints, agent_sessions,"
-    " user_settings"
+    "agent_events, budget_credits, agent_cost_events, budget_days, agent_checkpoints,"
+    " agent_sessions, user_settings"
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -42,3 +43,40 @@ async def current(engine: AsyncEngine) -> str | None:
 
     async with engine.connect() as conn:
         return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+
+
+def head() -> str:
+    """The newest revision this code knows."""
+    from alembic.script import ScriptDirectory
+
+    found = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert found is not None
+    return found
+
+
+def known_revisions() -> set[str]:
+    """Every revision in this code's migration history."""
+    from alembic.script import ScriptDirectory
+
+    return {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+async def schema_problem(engine: AsyncEngine) -> str | None:
+    """None when the database is at this code's newest revision; otherwise what is
+    wrong, said for a person (never migrated, behind, or newer than the code)."""
+    # Alembic announces its context at INFO: not news for a command that only checks.
+    quiet = logging.getLogger("alembic.runtime.migration")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        at = await current(engine)
+    finally:
+        quiet.setLevel(level)
+    newest = head()
+    if at == newest:
+        return None
+    if at is None:
+        return "has no schema (never migrated)"
+    if at in known_revisions():
+        return f"is at revision {at}, behind this code's {newest}"
+    return f"is at revision {at}, which this code does not know (newest here: {newest})"

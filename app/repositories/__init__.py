@@ -2,6 +2,13 @@
 
 from app.repositories.budget import BudgetRepository, ChargeResult
 from app.repositories.checkpoints import CheckpointInfo, CheckpointRepository
+from app.repositories.events import (
+    ClaimedEvent,
+    EventRepository,
+    NewEvent,
+    session_event,
+    threshold_events,
+)
 from app.repositories.resume import ResumeRepository
 from app.repositories.retention import Deleted, Purged, RetentionRepository
 from app.repositories.sessions import WAKE_CHANNEL, SessionRepository
@@ -12,9 +19,14 @@ __all__ = [
     "ChargeResult",
     "CheckpointInfo",
     "CheckpointRepository",
+    "ClaimedEvent",
     "Deleted",
+    "EventRepository",
+    "NewEvent",
     "Purged",
     "ResumeRepository",
     "RetentionRepository",
     "SessionRepository",
+    "session_event",
+    "threshold_events",
 ]

@@ -31,6 +31,7 @@ from app.db.models import AgentCostEvent, AgentSession, BudgetCredit, BudgetDay,
 from app.domain import Decision, InvalidInput, SessionNotFound, SessionStatus, Tier
 from app.repositories.budget_rules import saturating_add, stops
 from app.repositories.errors import translate_errors, translated
+from app.repositories.events import EventRepository, threshold_events
 from app.settings import Settings
 from app.validation import (
     MAX_MODEL_LENGTH,
@@ -200,6 +201,9 @@ class BudgetRepository:
             if not row.inserted:
                 return await self._duplicate(request_id, session_id, day)
             if row.spent is not None:
+                await self._thresholds(
+                    row.clerk_user_id, session_id, day, row.spent, row.budget, moment
+                )
                 return ChargeResult(
                     cost, row.spent, row.budget, policy.decide(row.spent, row.budget), False
                 )
@@ -207,7 +211,19 @@ class BudgetRepository:
             budget = await self._compute_budget(row.clerk_user_id, day, Tier(row.tier))
             spent, budget = await self._add_to_day(row.clerk_user_id, day, budget, cost)
             await self._charge_session(session_id, cost, spent, budget)
+            await self._thresholds(row.clerk_user_id, session_id, day, spent, budget, moment)
         return ChargeResult(cost, spent, budget, policy.decide(spent, budget), False)
+
+    async def _thresholds(
+        self, user: str, session_id: str, day: date, spent: int, budget: int, at: datetime
+    ) -> None:
+        # The outbox, in the charge's transaction: 90 / 100 / 110 % of the day, once per
+        # user-day and threshold (a unique key; no statement below 90 %).
+        events = threshold_events(
+            clerk_user_id=user, session_id=session_id, day=day, spent=spent, budget=budget, at=at
+        )
+        if events:
+            await EventRepository(self.session).add(events)
 
     async def _add_to_day(self, user: str, day: date, budget: int, cost: int) -> tuple[int, int]:
         # Concurrent first charges race here: one inserts, the others add to its row.

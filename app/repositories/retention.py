@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AgentCheckpoint, AgentCostEvent, AgentSession
 from app.domain import SessionNotFound
-from app.repositories.errors import translate_errors
+from app.repositories.errors import translate_errors, translated
 from app.validation import require_int, require_text
 
 _NO_SYNC = {"synchronize_session": False}
@@ -48,6 +48,7 @@ def _expired(older_than_days: int) -> ColumnElement[bool]:
     )
 
 
+@translated
 class RetentionRepository:
     """Retention of finished sessions and whole-session deletion; flushes, never commits."""
 

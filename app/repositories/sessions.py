@@ -187,6 +187,16 @@ class SessionRepository:
         result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
         return result.one_or_none()
 
+    async def lock(self, session_id: str) -> bool:
+        """Lock the session's row until the transaction ends (False: no such session).
+        Taken first by a use case that writes the session row after other rows, so that
+        it locks in the order the wake path does: the session, then the budget day."""
+        require_text(session_id, "session_id")
+        found = await self.session.scalar(
+            select(_columns.id).where(_columns.id == session_id).with_for_update()
+        )
+        return found is not None
+
     async def transition(
         self,
         session_id: str,

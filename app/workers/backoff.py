@@ -59,5 +59,7 @@ async def tick_forever(
             backoff.reset()
         except Exception as exc:
             delay = backoff.next_delay()
-            log.warning("%s_error retry_in=%.2fs error=%r", name, delay, str(exc))
+            # The first line says what went wrong; SQLAlchemy appends the statement.
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("%s_error retry_in=%.2fs error=%r", name, delay, first)
         await wait_or_stop(stop, delay, *([wake] if wake is not None else []))

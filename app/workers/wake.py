@@ -231,6 +231,7 @@ class WakeWorker:
             metrics.WAKES.labels("due").inc(len(woken.woken))
             metrics.WAKE_FAILURES.inc(len(woken.failed))
             dispatcher.start(woken.woken)
+            metrics.RESUME_ATTEMPTS.labels("first").inc(len(woken.woken))
             owed = await deliver_due(self.rt, limit=max(1, dispatcher.room()))
             report.parked += len(owed.parked)
             report.orphans += len(owed.orphans)
@@ -238,6 +239,7 @@ class WakeWorker:
             metrics.RUNNERS_LOST.inc(len(owed.orphans))
             metrics.RESUMES.labels("unrestorable").inc(len(owed.unrestorable))
             dispatcher.start(owed.deliveries)
+            metrics.RESUME_ATTEMPTS.labels("redelivery").inc(len(owed.deliveries))
             # A full batch may hide more; failures were deferred, so they are not
             # claimed again in this pass and cannot starve it.
             if woken.claimed < limit and not owed.deliveries:

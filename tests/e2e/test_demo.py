@@ -3,8 +3,12 @@ Ctrl-C, and a self-check that catches a fault."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,8 +55,50 @@ async def test_demo_on_configured_servers_starts_nothing(
     env = base_env(DATABASE_URL=url, REDIS_URL=redis_url, REDIS_PREFIX=key_prefix)
     proc = spawn(SMALL, env, cwd=server_dir)
     assert proc.popen.wait(180) == 0, proc.text()[-3000:]
-    assert "embedded" not in proc.text()
-    assert not (server_dir / ".local").exists()
+    out = proc.text()
+    assert "embedded" not in out
+    assert not (server_dir / ".local" / "postgres").exists()
+    assert not (server_dir / ".local" / "redis").exists()
+    # The screen: where the log went, one progress line per simulated day (not a
+    # terminal), then the table; the log lines are in the file, none on the screen.
+    lines = out.splitlines()
+    assert lines[0].startswith("demo log: .local/demo-")
+    log_file = server_dir / lines[0].split()[2]
+    assert "INFO app." in log_file.read_text()
+    progress = [i for i, line in enumerate(lines) if line.startswith("[")]
+    assert [lines[i].split()[2] for i in progress] == ["1/2", "2/2"]
+    table = next(i for i, line in enumerate(lines) if line.startswith("day "))
+    between = [line for line in lines[progress[0] : table] if line.strip()]
+    assert all(line.startswith("[") for line in between), between
+    assert not any(" INFO " in line or " WARNING " in line for line in lines)
+
+
+async def test_demo_json_writes_the_summary_for_scripts(
+    e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str, server_dir: Path
+) -> None:
+    url, _ = e2e_db
+    env = base_env(DATABASE_URL=url, REDIS_URL=redis_url, REDIS_PREFIX=key_prefix)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app", *SMALL, "--json"],
+        env=env,
+        cwd=server_dir,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["passed"] is True
+    assert summary["sessions"] == 4
+    assert summary["days"] == 2
+    assert summary["sleeps"] > 0
+    assert summary["by_day_and_tier"]
+    assert {"day", "tier", "spent_microdollars", "budget_microdollars"} <= set(
+        summary["by_day_and_tier"][0]
+    )
+    assert "demo passed" in done.stderr
 
 
 def test_ctrl_c_leaves_no_server_behind(spawn: Spawn, server_dir: Path) -> None:

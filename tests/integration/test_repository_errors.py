@@ -15,11 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.engine import create_engine, create_session_factory
 from app.db.models import AgentCheckpoint, AgentCostEvent, AgentSession, BudgetDay
-from app.domain import DatabaseUnavailable, SessionNotFound, TransactionConflict
+from app.domain import DatabaseUnavailable, EventType, SessionNotFound, TransactionConflict
 from app.repositories import (
     BudgetRepository,
     CheckpointRepository,
+    EventRepository,
+    NewEvent,
     ResumeRepository,
+    RetentionRepository,
     SessionRepository,
 )
 from app.settings import SONNET, Settings
@@ -28,7 +31,14 @@ from tests.integration.helpers import Factory, make_session
 NOW = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
 DAY = date(2031, 5, 1)
 SETTINGS = Settings(_env_file=None)
-REPOSITORIES = (SessionRepository, BudgetRepository, CheckpointRepository, ResumeRepository)
+REPOSITORIES = (
+    SessionRepository,
+    BudgetRepository,
+    CheckpointRepository,
+    ResumeRepository,
+    EventRepository,
+    RetentionRepository,
+)
 
 Call = Callable[[AsyncSession], Awaitable[Any]]
 
@@ -46,6 +56,7 @@ CALLS: dict[str, Call] = {
     ),
     "SessionRepository.get": lambda s: SessionRepository(s).get("s-1"),
     "SessionRepository.get_or_none": lambda s: SessionRepository(s).get_or_none("s-1"),
+    "SessionRepository.lock": lambda s: SessionRepository(s).lock("s-1"),
     "SessionRepository.transition": lambda s: SessionRepository(s).transition(
         "s-1", "completed", expected="working"
     ),
@@ -128,6 +139,25 @@ CALLS: dict[str, Call] = {
         s
     ).seconds_until_next_delivery(),
     "ResumeRepository.count_parked": lambda s: ResumeRepository(s).count_parked(),
+    "EventRepository.add": lambda s: EventRepository(s).add(
+        [NewEvent(EventType.SLEPT, "session.slept:s-1:1", session_id="s-1")]
+    ),
+    "EventRepository.claim": lambda s: EventRepository(s).claim(
+        lease=timedelta(seconds=1), limit=10
+    ),
+    "EventRepository.delivered": lambda s: EventRepository(s).delivered([1]),
+    "EventRepository.retry_later": lambda s: EventRepository(s).retry_later(
+        1, 1, delay=timedelta(seconds=1), error="503"
+    ),
+    "EventRepository.pending": lambda s: EventRepository(s).pending(),
+    "EventRepository.seconds_until_next": lambda s: EventRepository(s).seconds_until_next(),
+    "RetentionRepository.purge_checkpoints": lambda s: RetentionRepository(s).purge_checkpoints(
+        older_than_days=30, limit=10
+    ),
+    "RetentionRepository.preview_purge": lambda s: RetentionRepository(s).preview_purge(
+        older_than_days=30
+    ),
+    "RetentionRepository.delete_session": lambda s: RetentionRepository(s).delete_session("s-1"),
 }
 
 

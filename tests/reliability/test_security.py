@@ -47,13 +47,17 @@ async def test_sql_looking_ids_are_just_data(session_factory: Factory) -> None:
     async with session_factory() as s:
         ids = sorted((await s.scalars(select(AgentSession.id))).all())
         events = await s.scalar(select(func.count()).select_from(AgentCostEvent))
-        tables = await s.scalar(
-            text("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'agent_%'")
+        tables = set(
+            (
+                await s.scalars(
+                    text("SELECT tablename FROM pg_tables WHERE tablename LIKE 'agent_%'")
+                )
+            ).all()
         )
         loaded = await CheckpointRepository(s).load_latest(EVIL[0])
     assert ids == sorted(EVIL)
     assert events == len(EVIL)
-    assert tables == 3
+    assert tables == {"agent_sessions", "agent_checkpoints", "agent_cost_events", "agent_events"}
     assert loaded is not None
     assert loaded.message_history == [{"q": EVIL[0]}]
 

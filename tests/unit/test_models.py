@@ -79,6 +79,7 @@ def test_all_models_exported() -> None:
     assert set(models.__all__) == {
         "AgentCheckpoint",
         "AgentCostEvent",
+        "AgentEvent",
         "AgentSession",
         "BudgetCredit",
         "BudgetDay",

@@ -2,6 +2,7 @@
 
 from app.db.models.agent_checkpoint import AgentCheckpoint
 from app.db.models.agent_cost_event import AgentCostEvent
+from app.db.models.agent_event import AgentEvent
 from app.db.models.agent_session import AgentSession
 from app.db.models.budget_credit import BudgetCredit
 from app.db.models.budget_day import BudgetDay
@@ -10,6 +11,7 @@ from app.db.models.user_settings import UserSettings
 __all__ = [
     "AgentCheckpoint",
     "AgentCostEvent",
+    "AgentEvent",
     "AgentSession",
     "BudgetCredit",
     "BudgetDay",
