@@ -12,9 +12,19 @@ from app.db.models import AgentSession
 from app.repositories import SessionRepository
 from app.settings import OPUS, SONNET
 
-__all__ = ["OPUS", "SONNET", "Factory", "eventually", "later", "make_session"]
+__all__ = ["OPUS", "SONNET", "Factory", "ManualClock", "eventually", "later", "make_session"]
 
 Factory = async_sessionmaker[AsyncSession]
+
+
+class ManualClock:
+    """A clock that shows whatever the test sets."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 def later(seconds: float = 3600) -> datetime:

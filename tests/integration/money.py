@@ -18,16 +18,6 @@ from tests.integration.helpers import Factory
 ONE_PER_TOKEN = "one-per-token"
 
 
-class ManualClock:
-    """A clock that shows whatever the test sets."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 class SteppingClock:
     """A clock that shows each of ``times`` in turn, then keeps the last one."""
 

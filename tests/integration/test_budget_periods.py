@@ -10,10 +10,9 @@ from app.lifecycle import Runtime, start_session
 from app.repositories import BudgetRepository
 from app.session_store import RedisSessionStore
 from app.settings import ModelPrice, Settings
-from tests.integration.helpers import Factory
+from tests.integration.helpers import Factory, ManualClock
 from tests.integration.money import (
     ONE_PER_TOKEN,
-    ManualClock,
     add_spend,
     add_user,
     charge,

@@ -16,10 +16,9 @@ from app.repositories.budget_rules import stops
 from app.session_store import RedisSessionStore
 from app.settings import ModelPrice, Settings
 from app.workers import BudgetDaemon, WakeWorker
-from tests.integration.helpers import Factory
+from tests.integration.helpers import Factory, ManualClock
 from tests.integration.money import (
     ONE_PER_TOKEN,
-    ManualClock,
     SteppingClock,
     add_user,
     charge,

@@ -31,18 +31,10 @@ from app.repositories import BudgetRepository, CheckpointRepository, SessionRepo
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import BudgetDaemon, WakeWorker
-from tests.integration.helpers import SONNET, Factory, eventually
+from tests.integration.helpers import SONNET, Factory, ManualClock, eventually
 
 START = datetime(2027, 3, 14, 9, 0, tzinfo=UTC)
 NEXT_DAY = policy.next_budget_day_start(START) + timedelta(seconds=1)
-
-
-class ManualClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

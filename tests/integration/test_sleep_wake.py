@@ -27,17 +27,9 @@ from app.repositories import BudgetRepository, SessionRepository
 from app.session_store import SESSION_TTL, RedisSessionStore
 from app.settings import Settings
 from app.workers import BudgetDaemon, WakeWorker
-from tests.integration.helpers import SONNET, Factory
+from tests.integration.helpers import SONNET, Factory, ManualClock
 
 START = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
-
-
-class ManualClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

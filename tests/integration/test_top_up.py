@@ -19,11 +19,10 @@ from app.repositories import BudgetRepository
 from app.session_store import RedisSessionStore
 from app.settings import ModelPrice, Settings
 from app.workers import BudgetDaemon, WakeWorker
-from tests.integration.helpers import Factory
+from tests.integration.helpers import Factory, ManualClock
 from tests.integration.money import (
     ONE_PER_TOKEN,
     LogWatch,
-    ManualClock,
     add_user,
     charge,
     checkpoint,
