@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-dates lint format typecheck check migrate run demo worker daemon status bench bench-quick soak clean
+.PHONY: help install system-deps test test-unit test-dates lint format typecheck check migrate run demo worker daemon status bench bench-quick soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,13 +19,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv with every extra (idempotent)
 
-test: install  ## run the whole test suite (embedded servers unless TEST_*_URL are set)
+system-deps:  ## the Debian packages the tests run or start (apt-get, as root)
+	scripts/system-deps.sh
+
+test: install system-deps  ## run the whole test suite (embedded servers unless TEST_*_URL are set)
 	$(PY) -m pytest
 
 test-unit: install  ## unit tests only: no I/O, a few seconds
 	$(PY) -m pytest tests/unit
 
-test-dates: install  ## unit + integration tests with the clock at month ends, Feb 29, 23:59:59, years away
+test-dates: install system-deps  ## unit + integration tests with the clock at month ends, Feb 29, 23:59:59, years away
 	scripts/test-dates.sh $(PY)
 
 lint: install  ## ruff lint and format check
