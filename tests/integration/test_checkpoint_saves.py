@@ -332,6 +332,9 @@ async def wait_for_lock_wait(
                 ),
                 {"q": query},
             )
+            # A transaction sees pg_stat_activity as it was at its first read: end it,
+            # or a probe that started before the waiter blocked never sees it block.
+            await probe.rollback()
             if waiting:
                 return
             await asyncio.sleep(0.01)
