@@ -10,11 +10,12 @@ from sqlalchemy import event, func, select
 
 from app.budget import policy
 from app.budget.pricing import cost_microdollars
-from app.db.models import AgentCostEvent, AgentSession, BudgetDay, UserSettings
+from app.db.models import AgentCostEvent, AgentSession, BudgetDay
 from app.domain import Decision, InvalidInput, SessionNotFound, SessionStatus, UnknownModel
 from app.repositories import BudgetRepository, SessionRepository
 from app.settings import ModelPrice, Settings
 from tests.integration.helpers import OPUS, SONNET, Factory, make_session
+from tests.integration.money import add_user
 
 NOW = datetime(2026, 11, 26, 15, 0, tzinfo=UTC)
 TODAY = NOW.date()
@@ -31,25 +32,6 @@ def settings() -> Settings:
         },
         tier_allowance_partner=300_000,
     )
-
-
-async def _add_user(
-    factory: Factory,
-    user: str = "u-1",
-    *,
-    tier: str = "partner",
-    renewal: datetime | None = None,
-    override: int | None = None,
-) -> None:
-    async with factory.begin() as s:
-        s.add(
-            UserSettings(
-                clerk_user_id=user,
-                tier=tier,
-                subscription_renewal_date=renewal,
-                budget_override_microdollars=override,
-            )
-        )
 
 
 async def _charge(
@@ -254,7 +236,7 @@ async def test_budget_follows_allowance_period_spend_and_renewal(
     session_factory: Factory, settings: Settings
 ) -> None:
     renewal = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)  # 10 days after TODAY
-    await _add_user(session_factory, renewal=renewal)
+    await add_user(session_factory, renewal=renewal)
     await make_session(session_factory)
     # Spend earlier in the period (and one day before it, which must not count).
     async with session_factory.begin() as s:
@@ -277,7 +259,7 @@ async def test_budget_follows_allowance_period_spend_and_renewal(
 async def test_override_beats_the_tier_allowance(
     session_factory: Factory, settings: Settings
 ) -> None:
-    await _add_user(session_factory, override=3_000_000)
+    await add_user(session_factory, override=3_000_000)
     await make_session(session_factory)
     result = await _charge(session_factory, settings, "r-1", 1)
     assert result.budget_microdollars == 100_000  # type: ignore[attr-defined]
