@@ -22,8 +22,9 @@ from typing import Any, Final, NoReturn
 
 import orjson
 
-from app.domain import CheckpointPayloadError
-from app.validation import INT_MAX
+from app.db.models import AgentCheckpoint
+from app.domain import CheckpointPayloadError, SessionStatus
+from app.validation import INT_MAX, parse_enum, require_int, require_money, require_text
 
 _OPTIONS: Final = orjson.OPT_SORT_KEYS
 # orjson writes NUL as this escape; JSONB rejects it. A hit (it may also be the text
@@ -309,4 +310,80 @@ def rebuild(keyframe: list[Any], deltas: Iterable[tuple[int, list[Any]]]) -> lis
     for base, messages in deltas:
         del history[base:]
         history.extend(messages)
+    return history
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """A checkpoint's validated fields; its history is checked and encoded apart (whole,
+    or only the new messages when the process cache shows what the rest is)."""
+
+    session_id: str
+    job_id: str
+    iteration_number: int
+    messages: list[Any]
+    sandbox_id: str | None
+    current_phase: str | None
+    retry_counts: dict[str, int]
+    session_cost_microdollars: int
+    daily_budget_microdollars: int
+    agent_state: str
+
+    @classmethod
+    def of(cls, cp: AgentCheckpoint) -> Payload:
+        """Validate every field but the history's contents; ``CheckpointPayloadError``."""
+        optional = {
+            name: None if getattr(cp, name) is None else require_text(getattr(cp, name), name)
+            for name in ("sandbox_id", "current_phase")
+        }
+        return cls(
+            session_id=require_text(cp.session_id, "session_id"),
+            job_id=require_text(cp.job_id, "job_id"),
+            iteration_number=require_int(cp.iteration_number, "iteration_number", maximum=INT_MAX),
+            messages=history_list(cp.message_history),
+            retry_counts=check_retry_counts(cp.retry_counts),
+            session_cost_microdollars=require_money(
+                cp.session_cost_microdollars, "session_cost_microdollars"
+            ),
+            daily_budget_microdollars=require_money(
+                cp.daily_budget_microdollars, "daily_budget_microdollars"
+            ),
+            agent_state=parse_enum(SessionStatus, cp.agent_state, "agent_state").value,
+            **optional,
+        )
+
+    def same_content_as(self, row: Any, full_digest: bytes) -> bool:
+        """Whether ``row`` (a stored checkpoint's metadata) holds exactly this content."""
+        return (
+            row.history_digest == full_digest
+            and row.message_count == len(self.messages)
+            and (row.job_id, row.sandbox_id, row.current_phase, row.agent_state)
+            == (self.job_id, self.sandbox_id, self.current_phase, self.agent_state)
+            and row.retry_counts == self.retry_counts
+            and row.session_cost_microdollars == self.session_cost_microdollars
+            and row.daily_budget_microdollars == self.daily_budget_microdollars
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The statement parameters for these fields (``checkpoint_sql``'s ``p_`` names)."""
+        return {
+            "p_session_id": self.session_id,
+            "p_job_id": self.job_id,
+            "p_iteration": self.iteration_number,
+            "p_sandbox_id": self.sandbox_id,
+            "p_current_phase": self.current_phase,
+            "p_retry_counts": self.retry_counts,
+            "p_session_cost": self.session_cost_microdollars,
+            "p_daily_budget": self.daily_budget_microdollars,
+            "p_agent_state": self.agent_state,
+            "p_message_count": len(self.messages),
+        }
+
+
+def history_list(history: Any) -> list[Any]:
+    """``history`` itself if it is a list; ``CheckpointPayloadError`` otherwise."""
+    if type(history) is not list:
+        raise CheckpointPayloadError(
+            f"message history must be a list of objects, not {type(history).__name__}"
+        )
     return history

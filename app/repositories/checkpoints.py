@@ -20,47 +20,18 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import orjson
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Integer,
-    LargeBinary,
-    Row,
-    String,
-    Table,
-    Text,
-    and_,
-    bindparam,
-    delete,
-    exists,
-    func,
-    literal,
-    or_,
-    select,
-    text,
-    true,
-    tuple_,
-    update,
-)
-from sqlalchemy import cast as cast_
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.db.models import AgentCheckpoint, AgentSession
-from app.domain import (
-    CheckpointNotFound,
-    CheckpointPayloadError,
-    SessionNotFound,
-    SessionStatus,
-    StaleRunner,
-)
+from app.db.models import AgentCheckpoint
+from app.domain import CheckpointNotFound, SessionNotFound, StaleRunner
+from app.repositories import checkpoint_sql as sql
 from app.repositories.checkpoint_cache import SHARED, HistoryCache, SessionTip
 from app.repositories.checkpoint_codec import (
     EncodedHistory,
-    check_retry_counts,
+    Payload,
     copy_messages,
     digest,
     encode_history,
@@ -70,314 +41,9 @@ from app.repositories.checkpoint_codec import (
     new_state,
 )
 from app.repositories.checkpoint_codec import rebuild as rebuild_history
+from app.repositories.checkpoint_sql import MetaRow
 from app.repositories.errors import translate_errors, translated
-from app.validation import INT_MAX, parse_enum, require_int, require_money, require_text
-
-MetaRow = Row[*tuple[Any, ...]]
-
-_CHECKPOINTS = cast(Table, AgentCheckpoint.__table__)
-_SESSIONS = cast(Table, AgentSession.__table__)
-_cp = _CHECKPOINTS.c
-_ses = _SESSIONS.c
-
-# Everything a load needs except the history itself.
-_META = (
-    _cp.id,
-    _cp.session_id,
-    _cp.job_id,
-    _cp.sandbox_id,
-    _cp.current_phase,
-    _cp.retry_counts,
-    _cp.session_cost_microdollars,
-    _cp.daily_budget_microdollars,
-    _cp.iteration_number,
-    _cp.agent_state,
-    _cp.message_count,
-    _cp.base_message_count,
-    _cp.parent_iteration,
-    _cp.delta_depth,
-    _cp.history_digest,
-    _cp.created_at,
-    _cp.updated_at,
-)
-
-# ----------------------------------------------------------------- statements
-# Built once with bound parameters: a hot path pays for execution, not construction.
-# (Parameter names start with p_ so UPDATE never reads them as column values.)
-
-_SESSION_ID = bindparam("p_session_id", type_=String)
-_ITERATION = bindparam("p_iteration", type_=Integer)
-
-# Locks the session row (and stamps it): saves of one session are serialised. A save
-# that names a resume token goes through only while that token is the session's.
-_TOKEN = bindparam("p_token", type_=String)
-_TOUCH_SESSION = (
-    update(_SESSIONS)
-    .where(_ses.id == _SESSION_ID, or_(_TOKEN.is_(None), _ses.resume_token == _TOKEN))
-    .values(last_checkpoint_at=func.now())
-    .returning(_ses.id)
-)
-_SESSION_EXISTS = select(_ses.id).where(_ses.id == _SESSION_ID)
-
-# The row at the iteration (if any) and its parent: the highest row below it; whether a
-# later row exists (the save is then out of order); and the session's row count, counted
-# up to p_cap + 1 only (retention's trigger for keyframes, see _should_prune).
-_LATER = (exists().where(_cp.session_id == _SESSION_ID, _cp.iteration_number > _ITERATION)).label(
-    "has_later"
-)
-_ROWS = (
-    select(func.count())
-    .select_from(
-        select(literal(1))
-        .where(_cp.session_id == _SESSION_ID)
-        .limit(bindparam("p_cap", type_=Integer) + 1)
-        .subquery()
-    )
-    .scalar_subquery()
-    .label("row_count")
-)
-_NEIGHBOURS = (
-    select(*_META, _LATER, _ROWS)
-    .where(_cp.session_id == _SESSION_ID, _cp.iteration_number <= _ITERATION)
-    .order_by(_cp.iteration_number.desc())
-    .limit(2)
-)
-_SHAPE: Final = select(_LATER, _ROWS)
-
-_DEPENDANTS = select(_cp.iteration_number).where(
-    _cp.session_id == _SESSION_ID,
-    _cp.parent_iteration == _ITERATION,
-    _cp.base_message_count > 0,
-)
-
-_MAKE_KEYFRAME = (
-    update(_CHECKPOINTS)
-    .where(_cp.session_id == _SESSION_ID, _cp.iteration_number == _ITERATION)
-    .values(
-        message_history=cast_(bindparam("p_history", type_=Text), JSONB),
-        base_message_count=0,
-        parent_iteration=None,
-        delta_depth=0,
-    )
-)
-
-
-def _row_values() -> dict[str, Any]:
-    return {
-        "session_id": _SESSION_ID,
-        "job_id": bindparam("p_job_id", type_=String),
-        "iteration_number": _ITERATION,
-        # The messages travel as the JSON text encoded during validation.
-        "message_history": cast_(bindparam("p_history", type_=Text), JSONB),
-        "sandbox_id": bindparam("p_sandbox_id", type_=String),
-        "current_phase": bindparam("p_current_phase", type_=String),
-        "retry_counts": bindparam("p_retry_counts", type_=JSONB),
-        "session_cost_microdollars": bindparam("p_session_cost", type_=BigInteger),
-        "daily_budget_microdollars": bindparam("p_daily_budget", type_=BigInteger),
-        "agent_state": bindparam("p_agent_state", type_=String),
-        "message_count": bindparam("p_message_count", type_=Integer),
-        "base_message_count": bindparam("p_base", type_=Integer),
-        "parent_iteration": bindparam("p_parent", type_=Integer),
-        "delta_depth": bindparam("p_depth", type_=Integer),
-        "history_digest": bindparam("p_digest", type_=LargeBinary),
-    }
-
-
-def _build_upsert() -> Any:
-    values = _row_values()
-    stmt = insert(_CHECKPOINTS).values(values)
-    replace = {k: stmt.excluded[k] for k in values if k not in ("session_id", "iteration_number")}
-    return stmt.on_conflict_do_update(
-        index_elements=[_cp.session_id, _cp.iteration_number],
-        set_={**replace, "updated_at": func.now()},
-    ).returning(*_META)
-
-
-def _build_write() -> Any:
-    """One statement for a save planned from the process cache: lock the session (the
-    same UPDATE as every save), then INSERT the new row, unless a row already holds that
-    iteration. A delta is inserted only if its base is still the row the cache
-    remembers (iteration, digest, message count): that row is read FOR SHARE, so a
-    concurrent change to it is seen even though the snapshot predates the lock. No row
-    comes back when the plan no longer holds; the caller then takes the full path."""
-    values = _row_values()
-    touched = _TOUCH_SESSION.cte("touched")
-    # Correlated with the locked session row, so that it runs after the lock is held:
-    # an uncorrelated one would run first and could deadlock with a writer that holds
-    # the session and rewrites this row.
-    tip_row = (
-        select(_cp.iteration_number)
-        .where(
-            _cp.session_id == touched.c.id,
-            _cp.iteration_number == bindparam("p_tip", type_=Integer),
-            _cp.history_digest == bindparam("p_tip_digest", type_=LargeBinary),
-            _cp.message_count == bindparam("p_tip_count", type_=Integer),
-        )
-        .with_for_update(read=True)
-    )
-    keyframe = values["base_message_count"] == 0
-    rows = select(*values.values()).select_from(touched).where(keyframe | exists(tip_row))
-    return (
-        insert(_CHECKPOINTS)
-        .from_select(list(values), rows)
-        .on_conflict_do_nothing(index_elements=[_cp.session_id, _cp.iteration_number])
-        .returning(*_META, _ROWS)
-        .add_cte(touched)
-    )
-
-
-_UPSERT: Final = _build_upsert()
-_WRITE: Final = _build_write()
-
-# The periodic keyframe that ends a chain, built in the database from the rows of the
-# chain (every delta extends its parent entirely, so the history is their messages in
-# order) and the new messages: the client sends only those. It runs after the session
-# lock, in its own snapshot; nothing is inserted unless the base row still has the
-# remembered digest and the rebuilt history its message count.
-_CHAIN_KEYFRAME: Final = text(
-    """
-    WITH RECURSIVE chain AS (
-        SELECT iteration_number, parent_iteration, base_message_count, 0 AS depth
-          FROM agent_checkpoints
-         WHERE session_id = :p_session_id AND iteration_number = :p_tip
-           AND history_digest = :p_tip_digest AND message_count = :p_tip_count
-      UNION ALL
-        SELECT p.iteration_number, p.parent_iteration, p.base_message_count, c.depth + 1
-          FROM agent_checkpoints AS p
-          JOIN chain AS c
-            ON p.session_id = :p_session_id AND p.iteration_number = c.parent_iteration
-         WHERE c.base_message_count > 0
-    ), whole AS (
-        -- The order is the aggregate's own: oldest row of the chain first, each row's
-        -- messages in their order. (A subquery's ORDER BY does not survive the joins.)
-        SELECT coalesce(jsonb_agg(e.value ORDER BY o.depth DESC, e.n), '[]'::jsonb) AS h
-          FROM chain AS o
-         CROSS JOIN LATERAL (
-                SELECT message_history FROM agent_checkpoints
-                 WHERE session_id = :p_session_id AND iteration_number = o.iteration_number
-               ) AS r
-         CROSS JOIN LATERAL jsonb_array_elements(r.message_history) WITH ORDINALITY AS e(value, n)
-    )
-    INSERT INTO agent_checkpoints (
-        session_id, job_id, iteration_number, message_history, sandbox_id, current_phase,
-        retry_counts, session_cost_microdollars, daily_budget_microdollars, agent_state,
-        message_count, base_message_count, parent_iteration, delta_depth, history_digest)
-    SELECT :p_session_id, :p_job_id, CAST(:p_iteration AS integer),
-           whole.h || CAST(:p_history AS jsonb), :p_sandbox_id, :p_current_phase,
-           CAST(:p_retry_counts AS jsonb), CAST(:p_session_cost AS bigint),
-           CAST(:p_daily_budget AS bigint), :p_agent_state,
-           CAST(:p_message_count AS integer), 0, NULL, 0, CAST(:p_digest AS bytea)
-      FROM whole
-     WHERE jsonb_array_length(whole.h) = :p_tip_count
-    ON CONFLICT (session_id, iteration_number) DO NOTHING
-    RETURNING id, session_id, job_id, sandbox_id, current_phase, retry_counts,
-              session_cost_microdollars, daily_budget_microdollars, iteration_number,
-              agent_state, message_count, base_message_count, parent_iteration,
-              delta_depth, history_digest, created_at, updated_at
-    """
-).bindparams(
-    bindparam("p_session_id", type_=String),
-    bindparam("p_job_id", type_=String),
-    bindparam("p_tip", type_=Integer),
-    bindparam("p_tip_digest", type_=LargeBinary),
-    bindparam("p_tip_count", type_=Integer),
-    bindparam("p_sandbox_id", type_=String),
-    bindparam("p_current_phase", type_=String),
-    bindparam("p_agent_state", type_=String),
-    bindparam("p_history", type_=Text),
-    bindparam("p_retry_counts", type_=Text),
-)
-
-# The lowest restorable iteration: the keep_last-th newest (or -1 with fewer rows).
-_FLOOR = func.coalesce(
-    select(_cp.iteration_number)
-    .where(_cp.session_id == _SESSION_ID)
-    .order_by(_cp.iteration_number.desc())
-    .offset(bindparam("p_skip", type_=Integer))
-    .limit(1)
-    .scalar_subquery(),
-    -1,
-)
-
-
-def _build_chain(target: ColumnElement[bool], *, per_session: bool = True) -> Any:
-    """One recursive SELECT: the target rows, then parents down to their keyframes."""
-    anchor = select(*_META, _cp.message_history, literal(0).label("depth")).where(
-        _cp.session_id == _SESSION_ID if per_session else true(), target
-    )
-    chain = anchor.cte("chain", recursive=True)
-    parent = _CHECKPOINTS.alias("parent")
-    chain = chain.union_all(
-        select(
-            *(parent.c[c.name] for c in _META),
-            parent.c.message_history,
-            (chain.c.depth + 1).label("depth"),
-        ).where(
-            parent.c.session_id == chain.c.session_id,
-            parent.c.iteration_number == chain.c.parent_iteration,
-            chain.c.base_message_count > 0,
-        )
-    )
-    return select(chain).order_by(chain.c.session_id, chain.c.depth.desc())
-
-
-_LOAD_LATEST: Final = _build_chain(
-    _cp.iteration_number
-    == select(func.max(_cp.iteration_number)).where(_cp.session_id == _SESSION_ID).scalar_subquery()
-)
-_LOAD_LATEST_MANY: Final = _build_chain(
-    tuple_(_cp.session_id, _cp.iteration_number).in_(
-        select(_cp.session_id, func.max(_cp.iteration_number))
-        .where(_cp.session_id == func.any(bindparam("p_ids", type_=ARRAY(String))))
-        .group_by(_cp.session_id)
-    ),
-    per_session=False,
-)
-_LOAD_RESTORABLE: Final = _build_chain(
-    and_(_cp.iteration_number == _ITERATION, _cp.iteration_number >= _FLOOR)
-)
-_LOAD_ANY: Final = _build_chain(_cp.iteration_number == _ITERATION)
-
-_LIST: Final = (
-    select(*_META)
-    .where(_cp.session_id == _SESSION_ID, _cp.iteration_number >= _FLOOR)
-    .order_by(_cp.iteration_number.desc())
-    .limit(bindparam("p_limit", type_=Integer))
-)
-
-
-def _build_prune() -> Any:
-    newest = (
-        select(_cp.iteration_number)
-        .where(_cp.session_id == _SESSION_ID)
-        .order_by(_cp.iteration_number.desc())
-        .limit(bindparam("p_keep", type_=Integer))
-    )
-    needed = (
-        select(_cp.iteration_number, _cp.parent_iteration, _cp.base_message_count)
-        .where(_cp.session_id == _SESSION_ID, _cp.iteration_number.in_(newest))
-        .cte("needed", recursive=True)
-    )
-    parent = _CHECKPOINTS.alias("parent")
-    needed = needed.union(
-        select(
-            parent.c.iteration_number, parent.c.parent_iteration, parent.c.base_message_count
-        ).where(
-            parent.c.session_id == _SESSION_ID,
-            parent.c.iteration_number == needed.c.parent_iteration,
-            needed.c.base_message_count > 0,
-        )
-    )
-    # Everything else goes: rows below the newest keep_last that no retained delta needs,
-    # wherever they are (out-of-order saves can leave them between needed rows).
-    return delete(_CHECKPOINTS).where(
-        _cp.session_id == _SESSION_ID,
-        _cp.iteration_number.not_in(select(needed.c.iteration_number)),
-    )
-
-
-_PRUNE: Final = _build_prune()
-
+from app.validation import INT_MAX, require_int, require_text
 
 #: Retention runs at most once every this many saves on the append path (it costs a
 #: statement), unless keep_last or keyframe_every is smaller.
@@ -404,78 +70,6 @@ class CheckpointInfo:
     session_cost_microdollars: int
     created_at: datetime
     updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class _Payload:
-    """A checkpoint's validated fields; its history is checked and encoded apart (whole,
-    or only the new messages when the process cache shows what the rest is)."""
-
-    session_id: str
-    job_id: str
-    iteration_number: int
-    messages: list[Any]
-    sandbox_id: str | None
-    current_phase: str | None
-    retry_counts: dict[str, int]
-    session_cost_microdollars: int
-    daily_budget_microdollars: int
-    agent_state: str
-
-    @classmethod
-    def of(cls, cp: AgentCheckpoint) -> _Payload:
-        optional = {
-            name: None if getattr(cp, name) is None else require_text(getattr(cp, name), name)
-            for name in ("sandbox_id", "current_phase")
-        }
-        return cls(
-            session_id=require_text(cp.session_id, "session_id"),
-            job_id=require_text(cp.job_id, "job_id"),
-            iteration_number=require_int(cp.iteration_number, "iteration_number", maximum=INT_MAX),
-            messages=_history_list(cp.message_history),
-            retry_counts=check_retry_counts(cp.retry_counts),
-            session_cost_microdollars=require_money(
-                cp.session_cost_microdollars, "session_cost_microdollars"
-            ),
-            daily_budget_microdollars=require_money(
-                cp.daily_budget_microdollars, "daily_budget_microdollars"
-            ),
-            agent_state=parse_enum(SessionStatus, cp.agent_state, "agent_state").value,
-            **optional,
-        )
-
-    def same_content_as(self, row: MetaRow, full_digest: bytes) -> bool:
-        return (
-            row.history_digest == full_digest
-            and row.message_count == len(self.messages)
-            and (row.job_id, row.sandbox_id, row.current_phase, row.agent_state)
-            == (self.job_id, self.sandbox_id, self.current_phase, self.agent_state)
-            and row.retry_counts == self.retry_counts
-            and row.session_cost_microdollars == self.session_cost_microdollars
-            and row.daily_budget_microdollars == self.daily_budget_microdollars
-        )
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "p_session_id": self.session_id,
-            "p_job_id": self.job_id,
-            "p_iteration": self.iteration_number,
-            "p_sandbox_id": self.sandbox_id,
-            "p_current_phase": self.current_phase,
-            "p_retry_counts": self.retry_counts,
-            "p_session_cost": self.session_cost_microdollars,
-            "p_daily_budget": self.daily_budget_microdollars,
-            "p_agent_state": self.agent_state,
-            "p_message_count": len(self.messages),
-        }
-
-
-def _history_list(history: Any) -> list[Any]:
-    if type(history) is not list:
-        raise CheckpointPayloadError(
-            f"message history must be a list of objects, not {type(history).__name__}"
-        )
-    return history
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,7 +176,7 @@ class CheckpointRepository:
         O(new messages): only they are checked, encoded, hashed and sent, in one
         statement (see ``checkpoint_cache``); anything else takes the full path.
         """
-        p = _Payload.of(checkpoint)
+        p = Payload.of(checkpoint)
         if resume_token is not None:
             require_text(resume_token, "resume_token")
         token = {"p_token": resume_token}
@@ -607,8 +201,8 @@ class CheckpointRepository:
                 self.cache.discard(p.session_id)
             key = {"p_session_id": p.session_id, "p_iteration": p.iteration_number}
             connection = await self._connection()
-            if await connection.scalar(_TOUCH_SESSION, key | token) is None:
-                if await connection.scalar(_SESSION_EXISTS, key) is None:
+            if await connection.scalar(sql.TOUCH_SESSION, key | token) is None:
+                if await connection.scalar(sql.SESSION_EXISTS, key) is None:
                     raise SessionNotFound(p.session_id)
                 raise StaleRunner(p.session_id, resume_token)
             if encoded is None:
@@ -616,7 +210,7 @@ class CheckpointRepository:
             row = await self._save_full(p, encoded)
         return _checkpoint(row, p.messages)
 
-    def _plan_append(self, p: _Payload, tip: SessionTip) -> _Plan:
+    def _plan_append(self, p: Payload, tip: SessionTip) -> _Plan:
         """Check, encode and hash only the messages after the tip's."""
         copies = copy_messages(p.messages, tip.count)
         tail = encode_messages(p.messages, tip.count)
@@ -638,7 +232,7 @@ class CheckpointRepository:
         )
 
     async def _write(
-        self, p: _Payload, plan: _Plan, resume_token: str | None = None
+        self, p: Payload, plan: _Plan, resume_token: str | None = None
     ) -> MetaRow | None:
         """The one-statement save of a plan; None when it no longer holds (or the token
         is stale: nothing is written then either)."""
@@ -657,12 +251,12 @@ class CheckpointRepository:
         }
         conn = await self._connection()
         if plan.from_chain:
-            if await conn.scalar(_TOUCH_SESSION, params) is None:
+            if await conn.scalar(sql.TOUCH_SESSION, params) is None:
                 return None  # the full path raises SessionNotFound
             params["p_retry_counts"] = orjson.dumps(p.retry_counts).decode()
-            row = (await conn.execute(_CHAIN_KEYFRAME, params)).one_or_none()
+            row = (await conn.execute(sql.CHAIN_KEYFRAME, params)).one_or_none()
         else:
-            row = (await conn.execute(_WRITE, params)).one_or_none()
+            row = (await conn.execute(sql.WRITE, params)).one_or_none()
         if row is None:
             return None
         if plan.appended:
@@ -685,17 +279,19 @@ class CheckpointRepository:
             await self.prune(p.session_id, keep_last=self.keep_last)
         return row
 
-    async def _save_full(self, p: _Payload, encoded: EncodedHistory) -> MetaRow:
+    async def _save_full(self, p: Payload, encoded: EncodedHistory) -> MetaRow:
         """The general path: read the row at the iteration and its parent, then upsert."""
         key = {
             "p_session_id": p.session_id,
             "p_iteration": p.iteration_number,
             "p_cap": self.row_cap,
         }
-        rows = (await (await self._connection()).execute(_NEIGHBOURS, key)).all()
+        rows = (await (await self._connection()).execute(sql.NEIGHBOURS, key)).all()
         existing = rows[0] if rows and rows[0].iteration_number == p.iteration_number else None
         parent = next((r for r in rows if r.iteration_number < p.iteration_number), None)
-        shape = rows[0] if rows else (await (await self._connection()).execute(_SHAPE, key)).one()
+        shape = (
+            rows[0] if rows else (await (await self._connection()).execute(sql.SHAPE, key)).one()
+        )
         newest, row_count = not shape.has_later, shape.row_count
 
         state = new_state(encoded.body)
@@ -721,7 +317,7 @@ class CheckpointRepository:
                 "p_parent": parent.iteration_number,
                 "p_depth": parent.delta_depth + 1,
             }
-        row = (await (await self._connection()).execute(_UPSERT, params)).one()
+        row = (await (await self._connection()).execute(sql.UPSERT, params)).one()
         depth: int = params["p_depth"]
         if newest:
             tip = SessionTip(
@@ -779,13 +375,13 @@ class CheckpointRepository:
     async def _detach_dependants(self, session_id: str, iteration: int) -> None:
         """Rewrite the deltas built on ``iteration`` as keyframes before it changes."""
         key = {"p_session_id": session_id, "p_iteration": iteration}
-        for child in list(await (await self._connection()).scalars(_DEPENDANTS, key)):
-            found = await self._load(_LOAD_ANY, session_id, child)
+        for child in list(await (await self._connection()).scalars(sql.DEPENDANTS, key)):
+            found = await self._load(sql.LOAD_ANY, session_id, child)
             if found is None:  # pragma: no cover - the row was selected just above
                 continue
             history = orjson.dumps(found[1], option=orjson.OPT_SORT_KEYS).decode()
             await (await self._connection()).execute(
-                _MAKE_KEYFRAME,
+                sql.MAKE_KEYFRAME,
                 {"p_session_id": session_id, "p_iteration": child, "p_history": history},
             )
 
@@ -806,7 +402,7 @@ class CheckpointRepository:
     async def load_latest(self, session_id: str) -> AgentCheckpoint | None:
         """The session's newest checkpoint with its full history, or None (one SELECT)."""
         require_text(session_id, "session_id")
-        found = await self._load(_LOAD_LATEST, session_id)
+        found = await self._load(sql.LOAD_LATEST, session_id)
         return None if found is None else _checkpoint(*found)
 
     async def load_latest_many(
@@ -822,7 +418,9 @@ class CheckpointRepository:
         out: dict[str, AgentCheckpoint | CheckpointNotFound | None] = dict.fromkeys(ids)
         if not ids:
             return out
-        rows = (await (await self._connection()).execute(_LOAD_LATEST_MANY, {"p_ids": ids})).all()
+        rows = (
+            await (await self._connection()).execute(sql.LOAD_LATEST_MANY, {"p_ids": ids})
+        ).all()
         for session_id, chain in itertools.groupby(rows, key=lambda r: r.session_id):
             try:
                 out[session_id] = _checkpoint(*_rebuild_chain(session_id, list(chain)))
@@ -834,7 +432,7 @@ class CheckpointRepository:
         """A restorable checkpoint with its full history (one SELECT); ``CheckpointNotFound``."""
         require_text(session_id, "session_id")
         require_int(iteration_number, "iteration_number", maximum=INT_MAX)
-        found = await self._load(_LOAD_RESTORABLE, session_id, iteration_number)
+        found = await self._load(sql.LOAD_RESTORABLE, session_id, iteration_number)
         if found is None:
             raise CheckpointNotFound(session_id, iteration_number)
         return _checkpoint(*found)
@@ -857,7 +455,7 @@ class CheckpointRepository:
                 created_at=r.created_at,
                 updated_at=r.updated_at,
             )
-            for r in await (await self._connection()).execute(_LIST, params)
+            for r in await (await self._connection()).execute(sql.LIST, params)
         ]
 
     # -------------------------------------------------------------- retention
@@ -868,6 +466,6 @@ class CheckpointRepository:
         require_text(session_id, "session_id")
         require_int(keep_last, "keep_last", minimum=1, maximum=INT_MAX)
         result = await (await self._connection()).execute(
-            _PRUNE, {"p_session_id": session_id, "p_keep": keep_last}
+            sql.PRUNE, {"p_session_id": session_id, "p_keep": keep_last}
         )
         return int(result.rowcount)
