@@ -199,8 +199,10 @@ UPSERT: Final = _build_upsert()
 WRITE: Final = _build_write()
 
 # The periodic keyframe that ends a chain, built in the database from the rows of the
-# chain (every delta extends its parent entirely, so the history is their messages in
-# order) and the new messages: the client sends only those. It runs after the session
+# chain (every delta extends its parent entirely, so the history is the keyframe's
+# messages, then each delta's) and the new messages: the client sends only those. The
+# deltas' few messages are aggregated first, so the long keyframe is copied once, by one
+# concatenation, rather than taken apart and aggregated again. It runs after the session
 # lock, in its own snapshot; nothing is inserted unless the base row still has the
 # remembered digest and the rebuilt history its message count.
 CHAIN_KEYFRAME: Final = text(
@@ -216,28 +218,38 @@ CHAIN_KEYFRAME: Final = text(
           JOIN chain AS c
             ON p.session_id = :p_session_id AND p.iteration_number = c.parent_iteration
          WHERE c.base_message_count > 0
-    ), whole AS (
-        -- The order is the aggregate's own: oldest row of the chain first, each row's
-        -- messages in their order. (A subquery's ORDER BY does not survive the joins.)
-        SELECT coalesce(jsonb_agg(e.value ORDER BY o.depth DESC, e.n), '[]'::jsonb) AS h
+    ), tail AS (
+        -- The order is the aggregate's own: oldest delta first, each delta's messages
+        -- in their order. (A subquery's ORDER BY does not survive the joins.)
+        SELECT coalesce(jsonb_agg(e.value ORDER BY o.depth DESC, e.n), '[]'::jsonb)
+               || CAST(:p_history AS jsonb) AS h
           FROM chain AS o
          CROSS JOIN LATERAL (
                 SELECT message_history FROM agent_checkpoints
                  WHERE session_id = :p_session_id AND iteration_number = o.iteration_number
                ) AS r
          CROSS JOIN LATERAL jsonb_array_elements(r.message_history) WITH ORDINALITY AS e(value, n)
+         WHERE o.base_message_count > 0
+    ), whole AS (
+        SELECT k.message_history || tail.h AS h,
+               k.message_count + jsonb_array_length(tail.h) AS n
+          FROM chain AS o
+          JOIN agent_checkpoints AS k
+            ON k.session_id = :p_session_id AND k.iteration_number = o.iteration_number
+         CROSS JOIN tail
+         WHERE o.base_message_count = 0
     )
     INSERT INTO agent_checkpoints (
         session_id, job_id, iteration_number, message_history, sandbox_id, current_phase,
         retry_counts, session_cost_microdollars, daily_budget_microdollars, agent_state,
         message_count, base_message_count, parent_iteration, delta_depth, history_digest)
     SELECT :p_session_id, :p_job_id, CAST(:p_iteration AS integer),
-           whole.h || CAST(:p_history AS jsonb), :p_sandbox_id, :p_current_phase,
+           whole.h, :p_sandbox_id, :p_current_phase,
            CAST(:p_retry_counts AS jsonb), CAST(:p_session_cost AS bigint),
            CAST(:p_daily_budget AS bigint), :p_agent_state,
            CAST(:p_message_count AS integer), 0, NULL, 0, CAST(:p_digest AS bytea)
       FROM whole
-     WHERE jsonb_array_length(whole.h) = :p_tip_count
+     WHERE whole.n = CAST(:p_message_count AS integer)
     ON CONFLICT (session_id, iteration_number) DO NOTHING
     RETURNING id, session_id, job_id, sandbox_id, current_phase, retry_counts,
               session_cost_microdollars, daily_budget_microdollars, iteration_number,
