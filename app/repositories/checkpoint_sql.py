@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -78,25 +79,40 @@ TOUCH_SESSION = (
 SESSION_EXISTS = select(agent_sessions.c.id).where(agent_sessions.c.id == SESSION_ID)
 
 # The row at the iteration (if any) and its parent: the highest row below it; whether a
-# later row exists (the save is then out of order); and the session's row count, counted
-# up to p_cap + 1 only (retention's trigger for keyframes, see _should_prune).
+# later row exists (the save is then out of order); and an upper bound of the session's
+# row count that is exact above p_cap (retention's trigger for keyframes, see
+# _should_prune).
 LATER = (
     exists().where(
         agent_checkpoints.c.session_id == SESSION_ID,
         agent_checkpoints.c.iteration_number > ITERATION,
     )
 ).label("has_later")
-ROWS = (
+_CAP = bindparam("p_cap", type_=Integer)
+# Iteration numbers are unique per session, so the span between the lowest and the
+# highest bounds the row count from above: two index probes. Only when it exceeds the
+# cap are the rows counted, and then up to the cap + 1 only.
+_SPAN = func.coalesce(
+    select(
+        func.max(agent_checkpoints.c.iteration_number)
+        - func.min(agent_checkpoints.c.iteration_number)
+        + 1
+    )
+    .where(agent_checkpoints.c.session_id == SESSION_ID)
+    .scalar_subquery(),
+    0,
+)
+_COUNTED = (
     select(func.count())
     .select_from(
         select(literal(1))
         .where(agent_checkpoints.c.session_id == SESSION_ID)
-        .limit(bindparam("p_cap", type_=Integer) + 1)
+        .limit(_CAP + 1)
         .subquery()
     )
     .scalar_subquery()
-    .label("row_count")
 )
+ROWS = case((_SPAN <= _CAP, _SPAN), else_=_COUNTED).label("row_count")
 NEIGHBOURS = (
     select(*META, LATER, ROWS)
     .where(
