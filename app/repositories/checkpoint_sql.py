@@ -315,7 +315,10 @@ def _build_chain(target: ColumnElement[bool], *, per_session: bool = True) -> An
             chain.c.base_message_count > 0,
         )
     )
-    return select(chain).order_by(chain.c.session_id, chain.c.depth.desc())
+    # The history travels as JSON text and is decoded once, by orjson, on the client:
+    # no jsonb codec's copies of each value on the way.
+    columns = [cast_(c, Text).label(c.name) if c.name == "message_history" else c for c in chain.c]
+    return select(*columns).order_by(chain.c.session_id, chain.c.depth.desc())
 
 
 LOAD_LATEST: Final = _build_chain(

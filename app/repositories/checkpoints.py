@@ -118,9 +118,10 @@ def _rebuild_chain(session_id: str, rows: Sequence[MetaRow]) -> tuple[MetaRow, l
     """Keyframe first, then deltas: the target row and its full history."""
     if rows[0].base_message_count != 0:  # the chain is broken: its keyframe is gone
         raise CheckpointNotFound(session_id, rows[-1].iteration_number)
+    loads = orjson.loads
     history = rebuild_history(
-        rows[0].message_history,
-        ((r.base_message_count, r.message_history) for r in rows[1:]),
+        loads(rows[0].message_history),
+        ((r.base_message_count, loads(r.message_history)) for r in rows[1:]),
     )
     return rows[-1], history
 
