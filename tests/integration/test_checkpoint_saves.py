@@ -468,3 +468,52 @@ async def test_whatever_the_caller_does_to_its_list_each_save_loads_as_it_was(
         saved[iteration] = orjson.loads(orjson.dumps(history))  # a deep snapshot
     for it, expected in saved.items():
         assert same_types(await load(session_factory, sid, it, keep_last=100), expected), it
+
+
+# ------------------------------------------------------------------------- loads
+
+
+async def test_a_load_outside_a_transaction_leaves_the_session_without_one(
+    session_factory: Factory, engine: AsyncEngine
+) -> None:
+    """Loads on a session with no transaction run in autocommit mode: one statement, no
+    BEGIN and ROLLBACK around it, and the caller's session is left as it was."""
+    sid = await new_session(session_factory)
+    history = [message(i) for i in range(3)]
+    await save(session_factory, checkpoint(sid, 1, history))
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with session_factory() as s:
+            repo = CheckpointRepository(s)
+            latest = await repo.load_latest(sid)
+            assert not s.in_transaction()
+            assert (await repo.load(sid, 1)).message_history == history
+            assert [info.iteration_number for info in await repo.list(sid)] == [1]
+            assert not s.in_transaction()
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert latest is not None and latest.message_history == history
+    assert len(statements) == 3  # the three SELECTs, nothing else on the connection
+
+
+async def test_a_load_inside_the_callers_transaction_sees_what_it_wrote(
+    session_factory: Factory,
+) -> None:
+    sid = await new_session(session_factory)
+    await save(session_factory, checkpoint(sid, 1, [message(0)]))
+    async with session_factory() as s, s.begin():
+        repo = CheckpointRepository(s)
+        await repo.save(checkpoint(sid, 2, [message(0), message(1)]))
+        latest = await repo.load_latest(sid)
+        assert latest is not None and latest.iteration_number == 2
+        many = await repo.load_latest_many([sid])
+        assert isinstance(many[sid], AgentCheckpoint) and many[sid].iteration_number == 2
+        await s.rollback()
+    async with session_factory() as s:
+        latest = await CheckpointRepository(s).load_latest(sid)
+    assert latest is not None and latest.iteration_number == 1
