@@ -151,9 +151,13 @@ class CheckpointRepository:
     async def _connection(self) -> AsyncConnection:
         # Every statement here is Core over tables: run it on the session's connection
         # (same transaction) and skip the ORM's per-execution bookkeeping. Pending ORM
-        # objects are flushed first, as Session.execute's autoflush would.
-        await self.session.flush()
-        return await self.session.connection()
+        # objects are flushed first, as Session.execute's autoflush would (and only
+        # then: a flush is a trip through the greenlet bridge even when it has nothing
+        # to do).
+        session = self.session
+        if session.new or session.dirty or session.deleted:
+            await session.flush()
+        return await session.connection()
 
     async def _read(self, statement: Any, params: dict[str, Any]) -> builtins.list[MetaRow]:
         """The rows of a read-only statement.

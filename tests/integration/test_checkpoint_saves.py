@@ -497,7 +497,8 @@ async def test_a_load_outside_a_transaction_leaves_the_session_without_one(
             assert not s.in_transaction()
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
-    assert latest is not None and latest.message_history == history
+    assert latest is not None
+    assert latest.message_history == history
     assert len(statements) == 3  # the three SELECTs, nothing else on the connection
 
 
@@ -510,10 +511,13 @@ async def test_a_load_inside_the_callers_transaction_sees_what_it_wrote(
         repo = CheckpointRepository(s)
         await repo.save(checkpoint(sid, 2, [message(0), message(1)]))
         latest = await repo.load_latest(sid)
-        assert latest is not None and latest.iteration_number == 2
-        many = await repo.load_latest_many([sid])
-        assert isinstance(many[sid], AgentCheckpoint) and many[sid].iteration_number == 2
+        assert latest is not None
+        assert latest.iteration_number == 2
+        found = (await repo.load_latest_many([sid]))[sid]
+        assert isinstance(found, AgentCheckpoint)
+        assert found.iteration_number == 2
         await s.rollback()
     async with session_factory() as s:
         latest = await CheckpointRepository(s).load_latest(sid)
-    assert latest is not None and latest.iteration_number == 1
+    assert latest is not None
+    assert latest.iteration_number == 1
