@@ -42,7 +42,6 @@ INT_LIMIT: Final = 2**64  # orjson encodes and decodes integers in [-2**63, 2**6
 Path = tuple[str | int, ...]
 _PLAIN: Final = frozenset({str, int, bool, type(None)})
 _DICT: Final = frozenset({dict})
-_STR: Final = frozenset({str})
 
 
 class _Refused(Exception):
@@ -167,13 +166,17 @@ def _raise_for(messages: list[Any], start: int, exc: BaseException | None = None
 
 def copy_messages(messages: list[Any], start: int = 0) -> list[dict[str, Any]]:
     """Private copies (leaves shared) of ``messages[start:]``, each checked JSON-exact;
-    ``CheckpointPayloadError`` naming the index and key path otherwise."""
+    ``CheckpointPayloadError`` naming the index and key path otherwise.
+
+    Always followed by ``encode_messages`` of the same messages, which checks what
+    only the encoder sees; the keys of flat messages are left to it too (orjson
+    refuses every key that is not exactly a ``str``, subclasses included), so the
+    common case reads each message once here.
+    """
     tail = messages[start:] if start else messages
     # The common case in C: flat messages of strings, ints, bools and None.
-    if (
-        _DICT.issuperset(map(type, tail))
-        and _PLAIN.issuperset(map(type, chain.from_iterable(map(dict.values, tail))))
-        and _STR.issuperset(map(type, chain.from_iterable(tail)))
+    if _DICT.issuperset(map(type, tail)) and _PLAIN.issuperset(
+        map(type, chain.from_iterable(map(dict.values, tail)))
     ):
         return list(map(dict.copy, tail))
     try:

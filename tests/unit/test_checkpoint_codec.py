@@ -312,3 +312,28 @@ def test_a_value_with_an_odd_eq_put_into_a_saved_message_is_a_mismatch() -> None
     assert not tip.prefix_matches(history)
     with pytest.raises(CheckpointPayloadError):
         encode_history(history)
+
+
+class Key(str):
+    """A str subclass: it would load back as a plain str."""
+
+
+@pytest.mark.parametrize(
+    "key", [pytest.param(1, id="int"), pytest.param(Mode.FAST, id="str-enum"), Key("role")]
+)
+def test_a_flat_message_with_a_key_that_is_not_exactly_a_str_is_refused(key: Any) -> None:
+    """Flat messages take the fast check, which leaves keys to the encoder: the error
+    must still name the message and the key, on both paths."""
+    history: list[Any] = [{"role": "user", "n": 1}, {key: "x", "n": 2}]
+
+    def check_new_messages() -> None:
+        copy_messages(history, 1)
+        encode_messages(history, 1)
+
+    with pytest.raises(CheckpointPayloadError) as whole:
+        encode_history(history)
+    with pytest.raises(CheckpointPayloadError) as new_only:
+        check_new_messages()
+    for info in (whole, new_only):
+        assert info.value.index == 1
+        assert info.value.path == (repr(key),)
