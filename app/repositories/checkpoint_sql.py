@@ -61,6 +61,15 @@ META = (
     agent_checkpoints.c.updated_at,
 )
 
+# What only the database knows of a row it inserted: the rest of a planned save's row is
+# what the client sent, so the hot statements return just these (fewer columns to
+# decode on every save).
+GENERATED = (
+    agent_checkpoints.c.id,
+    agent_checkpoints.c.created_at,
+    agent_checkpoints.c.updated_at,
+)
+
 SESSION_ID = bindparam("p_session_id", type_=String)
 ITERATION = bindparam("p_iteration", type_=Integer)
 
@@ -206,7 +215,7 @@ def _build_write() -> Any:
         .on_conflict_do_nothing(
             index_elements=[agent_checkpoints.c.session_id, agent_checkpoints.c.iteration_number]
         )
-        .returning(*META, ROWS)
+        .returning(*GENERATED, ROWS)
         .add_cte(touched)
     )
 
@@ -267,10 +276,7 @@ CHAIN_KEYFRAME: Final = text(
       FROM whole
      WHERE whole.n = CAST(:p_message_count AS integer)
     ON CONFLICT (session_id, iteration_number) DO NOTHING
-    RETURNING id, session_id, job_id, sandbox_id, current_phase, retry_counts,
-              session_cost_microdollars, daily_budget_microdollars, iteration_number,
-              agent_state, message_count, base_message_count, parent_iteration,
-              delta_depth, history_digest, created_at, updated_at
+    RETURNING id, created_at, updated_at
     """
 ).bindparams(
     bindparam("p_session_id", type_=String),

@@ -93,23 +93,28 @@ class _Plan:
 
 
 _NEW_CHECKPOINT: Final = manager_of_class(AgentCheckpoint).new_instance
-# The columns every statement returns, named as the checkpoint's attributes.
+# The columns of META, named as the checkpoint's attributes.
 _FIELDS: Final = tuple(column.name for column in sql.META)
 
 
 def _checkpoint(row: MetaRow, history: list[Any]) -> AgentCheckpoint:
-    """A transient (never added to a session) checkpoint holding the full history.
+    """The checkpoint of a row of ``META`` columns, holding the full history."""
+    columns = row._mapping
+    values = {name: columns[name] for name in _FIELDS}
+    values["retry_counts"] = dict(row.retry_counts)
+    return _transient(values, history)
+
+
+def _transient(values: dict[str, Any], history: list[Any]) -> AgentCheckpoint:
+    """A transient (never added to a session) checkpoint of these column values.
 
     Built as SQLAlchemy builds a loaded object, by filling the instance's dict: the
     dataclass ``__init__`` would send each of the 18 fields through attribute
     instrumentation, ten times slower, to record changes nobody will flush.
     """
     cp = _NEW_CHECKPOINT()
-    values = cp.__dict__
-    columns = row._mapping
-    values.update({name: columns[name] for name in _FIELDS})
-    values["retry_counts"] = dict(row.retry_counts)
-    values["message_history"] = history
+    cp.__dict__.update(values)
+    cp.__dict__["message_history"] = history
     return cp
 
 
@@ -219,9 +224,9 @@ class CheckpointRepository:
             encoded = encode_history(p.messages)
         with translate_errors(session_id=p.session_id):
             if plan is not None:
-                row = await self._write(p, plan, resume_token)
-                if row is not None:
-                    return _checkpoint(row, p.messages)
+                written = await self._write(p, plan, resume_token)
+                if written is not None:
+                    return written
                 # Another writer moved the session on since this process saved it, or
                 # the token is stale: the full path below tells which.
                 self.cache.discard(p.session_id)
@@ -259,7 +264,7 @@ class CheckpointRepository:
 
     async def _write(
         self, p: Payload, plan: _Plan, resume_token: str | None = None
-    ) -> MetaRow | None:
+    ) -> AgentCheckpoint | None:
         """The one-statement save of a plan; None when it no longer holds (or the token
         is stale: nothing is written then either)."""
         tip = plan.tip
@@ -303,7 +308,26 @@ class CheckpointRepository:
         rows = None if plan.from_chain else row.row_count + 1
         if self._should_prune(new_row=True, newest=True, depth=plan.depth, rows=rows):
             await self.prune(p.session_id, keep_last=self.keep_last)
-        return row
+        stored = {
+            "session_id": p.session_id,
+            "job_id": p.job_id,
+            "sandbox_id": p.sandbox_id,
+            "current_phase": p.current_phase,
+            "retry_counts": dict(p.retry_counts),
+            "session_cost_microdollars": p.session_cost_microdollars,
+            "daily_budget_microdollars": p.daily_budget_microdollars,
+            "iteration_number": p.iteration_number,
+            "agent_state": p.agent_state,
+            "message_count": len(p.messages),
+            "base_message_count": plan.base,
+            "parent_iteration": params["p_parent"],
+            "delta_depth": plan.depth,
+            "history_digest": plan.digest,
+            "id": row.id,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+        }
+        return _transient(stored, p.messages)
 
     async def _save_full(self, p: Payload, encoded: EncodedHistory) -> MetaRow:
         """The general path: read the row at the iteration and its parent, then upsert."""

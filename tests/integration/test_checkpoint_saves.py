@@ -521,3 +521,55 @@ async def test_a_load_inside_the_callers_transaction_sees_what_it_wrote(
         latest = await CheckpointRepository(s).load_latest(sid)
     assert latest is not None
     assert latest.iteration_number == 1
+
+
+COLUMNS = (
+    "id",
+    "session_id",
+    "job_id",
+    "iteration_number",
+    "sandbox_id",
+    "current_phase",
+    "retry_counts",
+    "session_cost_microdollars",
+    "daily_budget_microdollars",
+    "agent_state",
+    "message_count",
+    "base_message_count",
+    "parent_iteration",
+    "delta_depth",
+    "history_digest",
+    "created_at",
+    "updated_at",
+    "message_history",
+)
+
+
+async def test_what_a_save_returns_is_what_a_load_finds(session_factory: Factory) -> None:
+    """A save planned from the cache gets back only what the database generated and
+    builds the rest from what it sent: every field must still be what is stored, for
+    the first keyframe, the deltas and the keyframe the database assembles."""
+    sid = await new_session(session_factory)
+    cache = HistoryCache(8)
+    history: list[dict[str, Any]] = []
+    for it in range(1, 6):
+        history.append(message(it))
+        cp = AgentCheckpoint(
+            session_id=sid,
+            job_id="job",
+            message_history=history,
+            iteration_number=it,
+            sandbox_id="sbx",
+            current_phase=f"phase {it}",
+            retry_counts={"bash": it},
+            session_cost_microdollars=1_000 * it,
+            daily_budget_microdollars=50_000,
+        )
+        returned = await save(session_factory, cp, cache=cache, keyframe_every=3)
+        async with session_factory() as s:
+            loaded = await CheckpointRepository(s).load(sid, it)
+        assert {c: getattr(returned, c) for c in COLUMNS} == {
+            c: getattr(loaded, c) for c in COLUMNS
+        }
+        assert loaded.message_history == history
+    assert (returned.base_message_count, returned.delta_depth) == (4, 1)  # 5: a delta on 4
