@@ -25,6 +25,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    null,
     or_,
     select,
     text,
@@ -303,6 +304,11 @@ FLOOR = func.coalesce(
 )
 
 
+_CHAIN_LINKS: Final = frozenset(
+    {"session_id", "iteration_number", "base_message_count", "parent_iteration"}
+)
+
+
 def _build_chain(target: ColumnElement[bool], *, per_session: bool = True) -> Any:
     """One recursive SELECT: the target rows, then parents down to their keyframes."""
     anchor = select(*META, agent_checkpoints.c.message_history, literal(0).label("depth")).where(
@@ -310,9 +316,14 @@ def _build_chain(target: ColumnElement[bool], *, per_session: bool = True) -> An
     )
     chain = anchor.cte("chain", recursive=True)
     parent = agent_checkpoints.alias("parent")
+    # Of the rows below the target, only what rebuilds the history is read: the other
+    # columns come back NULL, so a chain of 50 rows decodes one row's metadata.
     chain = chain.union_all(
         select(
-            *(parent.c[c.name] for c in META),
+            *(
+                parent.c[c.name] if c.name in _CHAIN_LINKS else cast_(null(), c.type).label(c.name)
+                for c in META
+            ),
             parent.c.message_history,
             (chain.c.depth + 1).label("depth"),
         ).where(
