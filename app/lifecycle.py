@@ -265,6 +265,21 @@ async def heartbeat(rt: Runtime, session_id: str, *, resume_token: str) -> None:
         await ResumeRepository(s).heartbeat(session_id, resume_token)
 
 
+async def save_checkpoint(
+    rt: Runtime, checkpoint: AgentCheckpoint, *, resume_token: str | None = None
+) -> AgentCheckpoint:
+    """Save a turn in its own transaction (``CheckpointRepository.save``, with this
+    process's history cache: a history that extends the last save costs its new messages)."""
+    async with rt.session_factory.begin() as s:
+        return await rt.checkpoints(s).save(checkpoint, resume_token=resume_token)
+
+
+async def latest_checkpoint(rt: Runtime, session_id: str) -> AgentCheckpoint | None:
+    """The session's latest checkpoint, its history whole; None before its first save."""
+    async with rt.session_factory() as s:
+        return await rt.checkpoints(s).load_latest(session_id)
+
+
 async def sleep_session(
     rt: Runtime,
     checkpoint: AgentCheckpoint,
@@ -1158,6 +1173,7 @@ __all__ = [
     "gauges",
     "heartbeat",
     "inspect_session",
+    "latest_checkpoint",
     "next_due",
     "purge_finished",
     "reconcile_store",
@@ -1165,6 +1181,7 @@ __all__ = [
     "redeliver",
     "renew_leases",
     "resume_session",
+    "save_checkpoint",
     "session_state",
     "sleep_session",
     "start_session",
