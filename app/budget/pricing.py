@@ -178,7 +178,9 @@ def parse_usage(usage: Any, *, field: str = "usage") -> TokenUsage:
     breakdown = _field(usage, "cache_creation")
     hour: Any = 0
     if breakdown is not None:
-        if not isinstance(breakdown, Mapping) and not hasattr(breakdown, "ephemeral_1h_input_tokens"):
+        if not isinstance(breakdown, Mapping) and not hasattr(
+            breakdown, "ephemeral_1h_input_tokens"
+        ):
             raise InvalidInput(
                 f"{where}cache_creation must be a breakdown of cache writes by TTL, not"
                 f" {type(breakdown).__name__}",
