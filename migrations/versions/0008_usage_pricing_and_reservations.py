@@ -28,35 +28,49 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 #: Where the seeded figures come from: the "Model pricing" table of Anthropic's pricing
-#: page (USD per million tokens, converted to microdollars per million tokens).
-SOURCE = (
-    "Anthropic, Pricing, 'Model pricing' table (base input, 5m cache writes,"
-    " 1h cache writes, cache hits, output), https://platform.claude.com/docs/en/about-claude/pricing"
+#: page (USD per million tokens, here in microdollars per million tokens), and the model
+#: overview page for a model that page lists apart.
+PRICING_PAGE = (
+    "Anthropic, Pricing, 'Model pricing' table (base input, 5m cache writes, 1h cache"
+    " writes, cache hits, output): https://platform.claude.com/docs/en/about-claude/pricing"
 )
+SONNET_5_PAGE = (
+    "Anthropic, Claude Sonnet 5 model overview, 'Pricing' (released June 30, 2026):"
+    " https://platform.claude.com/docs/en/models/sonnet-5/overview"
+)
+OPUS_4 = (15_000_000, 75_000_000, 18_750_000, 30_000_000, 1_500_000)
+OPUS_45 = (5_000_000, 25_000_000, 6_250_000, 10_000_000, 500_000)
+SONNET_4 = (3_000_000, 15_000_000, 3_750_000, 6_000_000, 300_000)
+HAIKU_45 = (1_000_000, 5_000_000, 1_250_000, 2_000_000, 100_000)
 
-# model, in force from (the snapshot date in the model id), then µ$ per Mtok:
-# input, output, 5-minute cache write, 1-hour cache write, cache read.
-SEED: tuple[tuple[str, datetime, int, int, int, int, int], ...] = (
+
+def _from(year: int, month: int, day: int) -> datetime:
+    return datetime(year, month, day, tzinfo=UTC)
+
+
+# model, in force from (the snapshot date in the model id, or the release date), then
+# µ$ per Mtok: input, output, 5-minute cache write, 1-hour cache write, cache read.
+SEED: tuple[tuple[str, datetime, tuple[int, int, int, int, int], str], ...] = (
     # The two models the tiers are pinned to (DESIGN.md §6).
-    ("claude-opus-4-20250514", datetime(2025, 5, 14, tzinfo=UTC),
-     15_000_000, 75_000_000, 18_750_000, 30_000_000, 1_500_000),
-    ("claude-sonnet-4-20250514", datetime(2025, 5, 14, tzinfo=UTC),
-     3_000_000, 15_000_000, 3_750_000, 6_000_000, 300_000),
-    # The other Claude models on the page.
-    ("claude-opus-4-1-20250805", datetime(2025, 8, 5, tzinfo=UTC),
-     15_000_000, 75_000_000, 18_750_000, 30_000_000, 1_500_000),
-    ("claude-sonnet-4-5-20250929", datetime(2025, 9, 29, tzinfo=UTC),
-     3_000_000, 15_000_000, 3_750_000, 6_000_000, 300_000),
-    ("claude-haiku-4-5-20251001", datetime(2025, 10, 1, tzinfo=UTC),
-     1_000_000, 5_000_000, 1_250_000, 2_000_000, 100_000),
-    ("claude-opus-4-5-20251101", datetime(2025, 11, 1, tzinfo=UTC),
-     5_000_000, 25_000_000, 6_250_000, 10_000_000, 500_000),
-    ("claude-3-5-haiku-20241022", datetime(2024, 10, 22, tzinfo=UTC),
-     800_000, 4_000_000, 1_000_000, 1_600_000, 80_000),
-    # Haiku 3's 5-minute write is 1.2x its input price, not 1.25x: classes are priced
-    # as published, not derived.
-    ("claude-3-haiku-20240307", datetime(2024, 3, 7, tzinfo=UTC),
-     250_000, 1_250_000, 300_000, 500_000, 30_000),
+    ("claude-opus-4-20250514", _from(2025, 5, 14), OPUS_4, PRICING_PAGE),
+    ("claude-sonnet-4-20250514", _from(2025, 5, 14), SONNET_4, PRICING_PAGE),
+    # The other Claude models on the page, by their dated ids and the aliases the SDK's
+    # Message.model lists for them.
+    ("claude-opus-4-1-20250805", _from(2025, 8, 5), OPUS_4, PRICING_PAGE),
+    ("claude-sonnet-4-5-20250929", _from(2025, 9, 29), SONNET_4, PRICING_PAGE),
+    ("claude-sonnet-4-5", _from(2025, 9, 29), SONNET_4, PRICING_PAGE),
+    ("claude-haiku-4-5-20251001", _from(2025, 10, 1), HAIKU_45, PRICING_PAGE),
+    ("claude-haiku-4-5", _from(2025, 10, 1), HAIKU_45, PRICING_PAGE),
+    ("claude-opus-4-5-20251101", _from(2025, 11, 1), OPUS_45, PRICING_PAGE),
+    ("claude-opus-4-5", _from(2025, 11, 1), OPUS_45, PRICING_PAGE),
+    ("claude-sonnet-5", _from(2026, 6, 30),
+     (2_000_000, 10_000_000, 2_500_000, 4_000_000, 200_000), SONNET_5_PAGE),
+    ("claude-3-5-haiku-20241022", _from(2024, 10, 22),
+     (800_000, 4_000_000, 1_000_000, 1_600_000, 80_000), PRICING_PAGE),
+    # Haiku 3's 5-minute write is 1.2x its input price, not 1.25x: the classes are
+    # seeded as published, never derived.
+    ("claude-3-haiku-20240307", _from(2024, 3, 7),
+     (250_000, 1_250_000, 300_000, 500_000, 30_000), PRICING_PAGE),
 )  # fmt: skip
 
 TOKEN_COLUMNS = (
@@ -98,9 +112,9 @@ def upgrade() -> None:
                 "cache_write_5m_per_mtok": w5,
                 "cache_write_1h_per_mtok": w1,
                 "cache_read_per_mtok": r,
-                "source": SOURCE,
+                "source": source,
             }
-            for model, start, i, o, w5, w1, r in SEED
+            for model, start, (i, o, w5, w1, r), source in SEED
         ],
     )
 
