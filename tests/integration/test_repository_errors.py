@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.budget.pricing import rates
 from app.db.engine import create_engine, create_session_factory
 from app.db.models import AgentCheckpoint, AgentCostEvent, AgentSession, BudgetDay
 from app.domain import DatabaseUnavailable, EventType, SessionNotFound, TransactionConflict
@@ -26,7 +27,6 @@ from app.repositories import (
     RetentionRepository,
     SessionRepository,
 )
-from app.budget.pricing import rates
 from app.settings import SONNET, Settings
 from tests.integration.helpers import Factory, make_session
 
