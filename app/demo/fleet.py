@@ -15,6 +15,7 @@ from typing import Any, Final
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.budget import policy
+from app.budget.pricing import rates_of, token_usage, usage_cost
 from app.clock import VirtualClock
 from app.db.models import AgentCheckpoint, UserSettings
 from app.domain import Decision, InvalidTransition, SessionStatus, Tier
@@ -57,6 +58,8 @@ class Tally:
     iterations: int = 0
     sleeps: int = 0
     wakes: int = 0
+    cost: int = 0
+    cache_cost: int = 0
 
 
 @dataclass
@@ -78,6 +81,12 @@ class Fleet:
     first_sleep: asyncio.Event = field(default_factory=asyncio.Event)
     careless: set[str] = field(default_factory=set)
     call_share: tuple[float, float] = (0.02, 0.05)
+
+    def spend(self, session_id: str, cost: int, cached: int) -> None:
+        """A call's cost, and the part of it its cache writes and reads make up."""
+        t = self.tally[(self.clock().date(), self.tiers[session_id])]
+        t.cost += cost
+        t.cache_cost += cached
 
     def mark(self, session_id: str, what: str) -> None:
         day = self.clock().date()
@@ -104,22 +113,58 @@ def _tokens_for(
     model: str,
     settings: Settings,
     share: tuple[float, float] = (0.02, 0.05),
-) -> tuple[int, int]:
-    """A call that costs ``share`` (2-5 %) of the day's budget, split like real traffic.
+    *,
+    writes_cache: bool = False,
+) -> dict[str, int]:
+    """A call that costs ``share`` (2-5 %) of the day's budget, split by token class the
+    way a coding agent's calls are: the first call of a session or of a day writes the
+    whole prompt prefix into the cache (a quarter of it with the 1-hour TTL); later calls
+    read the prefix from the cache and write only the new turn.
 
     Agents sleep from ``wind_down`` (90 %) on, so a user with three sessions in
     flight ends the day at most 3 x 5 % past it: under the 110 % runaway line.
     """
-    price = settings.model_prices[model]
+    price = rates_of(settings.model_prices[model])
     target = max(1, int(budget * rng.uniform(*share)))
     output = rng.randint(300, 2_000)
-    out_cost = output * price.output_per_mtok // 1_000_000
+    out_cost = output * price.output // 1_000_000
     if out_cost >= target:
-        output = max(1, target * 1_000_000 // max(1, price.output_per_mtok) // 4)
-        out_cost = output * price.output_per_mtok // 1_000_000
+        output = max(1, target * 1_000_000 // max(1, price.output) // 4)
+        out_cost = output * price.output // 1_000_000
     remaining = max(0, target - out_cost)
-    inp = remaining * 1_000_000 // max(1, price.input_per_mtok)
-    return inp, output
+
+    def tokens(part: float, per_mtok: int) -> int:
+        return int(remaining * part) * 1_000_000 // max(1, per_mtok)
+
+    if writes_cache:
+        writes = tokens(0.85, price.cache_write_5m)
+        hour = writes // 4
+        reads = 0
+        inp = tokens(0.15, price.input)
+    else:
+        reads = tokens(0.5, price.cache_read)
+        writes, hour = tokens(0.25, price.cache_write_5m), 0
+        inp = tokens(0.25, price.input)
+    return {
+        "input_tokens": inp,
+        "output_tokens": output,
+        "cache_creation_input_tokens": writes,
+        "cache_creation_1h_input_tokens": hour,
+        "cache_read_input_tokens": reads,
+    }
+
+
+def cache_cost(usage: dict[str, int], model: str, settings: Settings) -> int:
+    """What the call's cache writes and reads cost at the model's list price."""
+    price = rates_of(settings.model_prices[model])
+    cached = token_usage(
+        input_tokens=0,
+        output_tokens=0,
+        cache_creation_input_tokens=usage["cache_creation_input_tokens"],
+        cache_creation_1h_input_tokens=usage["cache_creation_1h_input_tokens"],
+        cache_read_input_tokens=usage["cache_read_input_tokens"],
+    )
+    return usage_cost(price, cached)
 
 
 async def wake_after(queue: asyncio.Queue[RestoredSession], version: int) -> RestoredSession:
@@ -195,6 +240,7 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
         {"role": "user", "content": "Make the failing test suite pass."},
     ]
     retry_counts: dict[str, int] = {}
+    cache_day: date | None = None
     iteration = 0
     cost_so_far = 0
     budget = session.daily_budget_microdollars
@@ -219,20 +265,31 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
         if fleet.clock() >= fleet.end:
             break
         iteration += 1
-        inp, out = _tokens_for(rng, max(budget, 1), model, rt.settings, fleet.call_share)
+        # The prompt cache: written by the first call of the session and of each day
+        # (a wake after midnight rewrites the whole prefix), read by the calls after.
+        today = policy.budget_day(fleet.clock())
+        usage = _tokens_for(
+            rng, max(budget, 1), model, rt.settings, fleet.call_share,
+            writes_cache=cache_day != today,
+        )  # fmt: skip
+        cache_day = today
         request_id = f"{fleet.run_id}-{session_id}-{iteration}-{uuid.uuid4().hex[:8]}"
 
         async def charge(
-            request_id: str = request_id, inp: int = inp, out: int = out
+            request_id: str = request_id, usage: dict[str, int] = usage
         ) -> ChargeResult:
             return await charge_call(
                 rt, session_id=session_id, request_id=request_id, model=model,
-                input_tokens=inp, output_tokens=out, now=fleet.clock(),
+                input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"],
+                cache_creation_input_tokens=usage["cache_creation_input_tokens"],
+                cache_creation_1h_input_tokens=usage["cache_creation_1h_input_tokens"],
+                cache_read_input_tokens=usage["cache_read_input_tokens"], now=fleet.clock(),
             )  # fmt: skip
 
         result = await charge()
         fleet.fresh_charges += 1
         fleet.fresh_cost += result.cost_microdollars
+        fleet.spend(session_id, result.cost_microdollars, cache_cost(usage, model, rt.settings))
         if rng.random() < 0.05:  # the provider's client retried the same call
             again = await charge()
             fleet.duplicates_seen += 1
@@ -241,7 +298,6 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
         cost_so_far += result.cost_microdollars
         budget = result.budget_microdollars
         reply = f"step {iteration}: " + "x" * rng.randint(80, 400)
-        usage = {"input_tokens": inp, "output_tokens": out}
         outcome = "ok" if rng.random() > 0.2 else "error"
         history.append({"role": "assistant", "content": reply, "usage": usage})
         tool_result = {"type": "tool_result", "tool_use_id": f"t{iteration}", "content": outcome}

@@ -56,16 +56,19 @@ def print_table(fleet: Fleet, budgets: dict[tuple[date, Tier], tuple[int, int]])
     print()
     print(
         f"{'day':<12}{'tier':<14}{'sessions':>9}{'iterations':>12}"
-        f"{'spent $':>11}{'budget $':>11}{'used':>8}{'sleeps':>8}{'wakes':>7}"
+        f"{'spent $':>11}{'budget $':>11}{'used':>8}{'cache':>8}{'sleeps':>8}{'wakes':>7}"
     )
-    print("-" * 92)
+    print("-" * 100)
     for key in sorted(fleet.tally, key=lambda k: (k[0], TIERS.index(k[1]))):
         t = fleet.tally[key]
         spent, budget = budgets.get(key, (0, 0))
         used = f"{100 * spent / budget:6.1f}%" if budget else "    -"
+        # The part of the day's spend that went on prompt-cache writes and reads.
+        cache = f"{100 * t.cache_cost / t.cost:6.1f}%" if t.cost else "    -"
         print(
             f"{key[0]!s:<12}{key[1].value:<14}{len(t.sessions):>9}{t.iterations:>12}"
-            f"{spent / 1e6:>11.2f}{budget / 1e6:>11.2f}{used:>8}{t.sleeps:>8}{t.wakes:>7}"
+            f"{spent / 1e6:>11.2f}{budget / 1e6:>11.2f}{used:>8}{cache:>8}{t.sleeps:>8}"
+            f"{t.wakes:>7}"
         )
 
 
@@ -85,6 +88,7 @@ def summary_rows(
                 "iterations": t.iterations,
                 "spent_microdollars": spent,
                 "budget_microdollars": budget,
+                "cache_share": round(t.cache_cost / t.cost, 4) if t.cost else None,
                 "sleeps": t.sleeps,
                 "wakes": t.wakes,
             }
