@@ -44,9 +44,7 @@ class AgentCostEvent(Base):
     cost_microdollars: Mapped[Microdollars]
     budget_day: Mapped[date]
     cache_creation_input_tokens: Mapped[int] = mapped_column(default=0, server_default=text("0"))
-    cache_creation_1h_input_tokens: Mapped[int] = mapped_column(
-        default=0, server_default=text("0")
-    )
+    cache_creation_1h_input_tokens: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     cache_read_input_tokens: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     batch: Mapped[bool] = mapped_column(default=False, server_default=false())
     id: Mapped[int] = mapped_column(

@@ -27,7 +27,5 @@ class BudgetDay(Base):
     spent_microdollars: Mapped[Microdollars] = mapped_column(default=0, server_default=text("0"))
     # The sum of the day's budget_reservations rows, kept by the statements that insert
     # and delete them, so a reservation checks one locked row (DESIGN.md §6b).
-    reserved_microdollars: Mapped[Microdollars] = mapped_column(
-        default=0, server_default=text("0")
-    )
+    reserved_microdollars: Mapped[Microdollars] = mapped_column(default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now(), init=False, repr=False)
