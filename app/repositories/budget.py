@@ -48,6 +48,7 @@ from app.domain import Decision, InvalidInput, SessionNotFound, SessionStatus, T
 from app.repositories.budget_rules import saturating_add, stops, usage_cost, within_cap
 from app.repositories.errors import translate_errors, translated
 from app.repositories.events import EventRepository, threshold_events
+from app.repositories.sql import core_connection
 from app.settings import Settings
 from app.validation import (
     MAX_MODEL_LENGTH,
@@ -499,8 +500,7 @@ class BudgetRepository:
                 **self._fallback(model),
             }
             # Core on the session's connection: no ORM bookkeeping on the hot path.
-            await self.session.flush()
-            connection = await self.session.connection()
+            connection = await core_connection(self.session)
             row = (await connection.execute(_CHARGE, params)).one()
             if not row.found:
                 raise SessionNotFound(session_id)
@@ -579,8 +579,7 @@ class BudgetRepository:
             **self._fallback(model),
         }
         with translate_errors(session_id=session_id):
-            await self.session.flush()
-            connection = await self.session.connection()
+            connection = await core_connection(self.session)
             row = (await connection.execute(_RESERVE, params)).one()
             if row.found and row.worst is not None and not row.has_day:
                 # The first reservation of the user's day makes the day's row, then books.

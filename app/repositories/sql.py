@@ -7,9 +7,20 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, TableValuedAlias, Update, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.types import TypeEngine
 
 from app.db.base import Base
+
+
+async def core_connection(session: AsyncSession) -> AsyncConnection:
+    """The session's connection, in its transaction, for Core statements over tables:
+    no ORM bookkeeping per execution. Pending ORM objects are flushed first, as
+    ``Session.execute``'s autoflush would, and only then: an empty flush is still a
+    trip through the greenlet bridge, which the hot paths cannot spare."""
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+    return await session.connection()
 
 
 def given_rows(name: str, **columns: tuple[Sequence[Any], TypeEngine[Any]]) -> TableValuedAlias:
