@@ -1,5 +1,5 @@
 """Command line: ``python -m app migrate | worker | daemon | events | run | status |
-sessions | top-up | demo``."""
+sessions | top-up | prices | demo``."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
 
 from app.bootstrap import Connected, UsageError, connect
+from app.budget.pricing import rates
 from app.cli_errors import ENVIRONMENT, USAGE, explain
 from app.db.engine import create_engine, mask_password
 from app.db.migrate import upgrade
@@ -31,8 +33,10 @@ from app.lifecycle import (
     describe,
     find_sessions,
     inspect_session,
+    list_prices,
     purge_finished,
     redeliver,
+    set_price,
     status,
     top_up,
 )
@@ -340,6 +344,97 @@ async def cmd_top_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+PRICE_CLASSES: Final = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+
+
+def parse_per_mtok(text: str) -> int:
+    """A price per million tokens: integer microdollars (``3000000``), or dollars with a
+    leading ``$`` (``$3`` or ``$3.75``), exact to the microdollar, 0 or more."""
+    raw = text.strip()
+    try:
+        value = Decimal(raw.removeprefix("$").replace("_", ""))
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(
+            f"not a price: {text!r} (microdollars per Mtok, or $ per Mtok like $3.75)"
+        ) from None
+    micro = value * 1_000_000 if raw.startswith("$") else value
+    if not micro.is_finite() or micro != micro.to_integral_value() or micro < 0:
+        raise argparse.ArgumentTypeError(f"a price must be 0 or more, exact to the µ$: {text!r}")
+    return int(micro)
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time with its UTC offset (``2027-01-01T00:00:00Z``); naive is ambiguous."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"give the time with its offset (Z or +hh:mm): {text!r}")
+    return moment
+
+
+async def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
+    async with connect(settings, embedded_ok=False) as c:
+        await c.require_schema()
+        rt = c.runtime(settings)
+        try:
+            if args.action == "set":
+                entry = await set_price(
+                    rt,
+                    model=args.model,
+                    rates=rates(
+                        args.input,
+                        args.output,
+                        cache_write_5m=args.cache_write_5m,
+                        cache_write_1h=args.cache_write_1h,
+                        cache_read=args.cache_read,
+                    ),
+                    effective_from=args.from_time,
+                    source=args.source,
+                )
+                figures = ", ".join(
+                    f"{name} {format_usd(value)}"
+                    for name, value in zip(PRICE_CLASSES, entry.rates, strict=True)
+                )
+                print(f"{entry.model} from {entry.effective_from.isoformat()}: {figures} per Mtok")
+                return 0
+            entries = await list_prices(rt, model=args.model)
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from exc
+    now = rt.clock()
+    in_force = {}
+    for entry in entries:  # by model and time: the last one not after now is in force
+        if entry.effective_from <= now:
+            in_force[entry.model] = entry
+    if args.json:
+        rows = [
+            {
+                "model": e.model,
+                "effective_from": e.effective_from.isoformat(),
+                **{f"{n}_per_mtok": v for n, v in zip(PRICE_CLASSES, e.rates, strict=True)},
+                "in_force": in_force.get(e.model) is e,
+                "source": e.source,
+            }
+            for e in entries
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("$ per million tokens; * = in force now")
+    head = ("model", "from (UTC)", "input", "output", "write 5m", "write 1h", "read")
+    print(f"  {head[0]:<28} {head[1]:<20}" + "".join(f" {h:>10}" for h in head[2:]))
+    for e in entries:
+        mark = "*" if in_force.get(e.model) is e else " "
+        start = e.effective_from.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+        print(
+            f"{mark} {e.model:<28} {start:<20}" + "".join(f" {format_usd(v):>10}" for v in e.rates)
+        )
+    sources = sorted({e.source for e in entries})
+    for source in sources:
+        print(f"source: {source}")
+    return 0
+
+
 def print_purge(report: PurgeReport, *, older_than: int, as_json: bool) -> None:
     """What a purge deleted, or with --dry-run would delete."""
     if as_json:
@@ -430,6 +525,40 @@ def build_parser() -> argparse.ArgumentParser:
     topup.add_argument("user_id", metavar="USER_ID", help="the user's clerk_user_id")
     topup.add_argument("amount_usd", metavar="AMOUNT_USD", help="dollars, e.g. 10 or 2.50")
 
+    prices = sub.add_parser("prices", help="the effective-dated price list charges use")
+    price_actions = prices.add_subparsers(dest="action", required=True)
+    plist = price_actions.add_parser("list", help="every price row; * marks the one in force")
+    plist.add_argument("--model", default=None, help="only this model")
+    plist.add_argument("--json", action="store_true", help="JSON for scripts")
+    pset = price_actions.add_parser(
+        "set", help="add a model's price from a time on (never changes a past charge)"
+    )
+    pset.add_argument("model", metavar="MODEL")
+    per_mtok = "per million tokens: microdollars (3000000) or dollars ($3)"
+    pset.add_argument("--input", type=parse_per_mtok, required=True, help=per_mtok)
+    pset.add_argument("--output", type=parse_per_mtok, required=True, help=per_mtok)
+    for name, default in (("5m", "1.25x"), ("1h", "2x")):
+        pset.add_argument(
+            f"--cache-write-{name}",
+            type=parse_per_mtok,
+            default=None,
+            help=f"{per_mtok}; default {default} input",
+        )
+    pset.add_argument(
+        "--cache-read", type=parse_per_mtok, default=None, help=f"{per_mtok}; default 0.1x input"
+    )
+    pset.add_argument(
+        "--from",
+        dest="from_time",
+        type=parse_time,
+        required=True,
+        metavar="ISO_TIME",
+        help="when it takes effect, with its offset (2027-01-01T00:00:00Z); not in the past",
+    )
+    pset.add_argument(
+        "--source", default="set by hand with `python -m app prices set`", help="where it is from"
+    )
+
     demo = sub.add_parser("demo", help="a fleet of agents sleeps and wakes over simulated days")
     demo.add_argument("--sessions", type=int, default=12)
     demo.add_argument("--days", type=int, default=3)
@@ -464,6 +593,7 @@ COMMANDS = {
     "status": cmd_status,
     "sessions": cmd_sessions,
     "top-up": cmd_top_up,
+    "prices": cmd_prices,
     "demo": cmd_demo,
 }
 

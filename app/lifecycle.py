@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Final
@@ -22,12 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import usage_metrics
 from app.budget import policy
+from app.budget.pricing import Rates
 from app.clock import Clock, utc_now
 from app.db.models import AgentCheckpoint, AgentSession
 from app.domain import (
     Decision,
     DomainError,
     EventType,
+    InvalidInput,
     InvalidTransition,
     SessionNotFound,
     SessionStatus,
@@ -42,6 +44,9 @@ from app.repositories import (
     ClaimedEvent,
     EventRepository,
     NewEvent,
+    PriceEntry,
+    PriceRepository,
+    Reservation,
     ResumeRepository,
     RetentionRepository,
     SessionRepository,
@@ -263,6 +268,21 @@ async def heartbeat(rt: Runtime, session_id: str, *, resume_token: str) -> None:
     session was delivered to another runner (this one was presumed dead)."""
     async with rt.session_factory.begin() as s:
         await ResumeRepository(s).heartbeat(session_id, resume_token)
+
+
+async def save_checkpoint(
+    rt: Runtime, checkpoint: AgentCheckpoint, *, resume_token: str | None = None
+) -> AgentCheckpoint:
+    """Save a turn in its own transaction (``CheckpointRepository.save``, with this
+    process's history cache: a history that extends the last save costs its new messages)."""
+    async with rt.session_factory.begin() as s:
+        return await rt.checkpoints(s).save(checkpoint, resume_token=resume_token)
+
+
+async def latest_checkpoint(rt: Runtime, session_id: str) -> AgentCheckpoint | None:
+    """The session's latest checkpoint, its history whole; None before its first save."""
+    async with rt.session_factory() as s:
+        return await rt.checkpoints(s).load_latest(session_id)
 
 
 async def sleep_session(
@@ -730,19 +750,62 @@ async def charge(
     model: str,
     input_tokens: int,
     output_tokens: int,
+    cache_creation_input_tokens: int = 0,
+    cache_creation_1h_input_tokens: int = 0,
+    cache_read_input_tokens: int = 0,
+    batch: bool = False,
     now: datetime | None = None,
 ) -> ChargeResult:
-    """Record one LLM call (BDGT-06) in its own transaction. A charge that stops the
-    session (above 110 %) rewrites its Redis key at once."""
-    async with rt.session_factory.begin() as s:
-        result = await BudgetRepository(s, rt.settings).charge(
+    """Record one LLM call (BDGT-06) in its own transaction, every token class priced
+    (DESIGN.md §6b). A charge that stops the session (above 110 %) rewrites its Redis
+    key at once."""
+
+    async def call(repo: BudgetRepository) -> ChargeResult:
+        return await repo.charge(
             session_id=session_id,
             request_id=request_id,
             model=model,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            cache_creation_input_tokens=cache_creation_input_tokens,
+            cache_creation_1h_input_tokens=cache_creation_1h_input_tokens,
+            cache_read_input_tokens=cache_read_input_tokens,
+            batch=batch,
             now=now or rt.clock(),
         )
+
+    return await _charged(rt, session_id, call)
+
+
+async def charge_usage(
+    rt: Runtime,
+    *,
+    session_id: str,
+    request_id: str,
+    model: str,
+    usage: Any,
+    now: datetime | None = None,
+) -> ChargeResult:
+    """:func:`charge` from the provider's usage report as-is: the Anthropic SDK's
+    ``Usage`` or its dict form (``BudgetRepository.charge_usage``)."""
+
+    async def call(repo: BudgetRepository) -> ChargeResult:
+        return await repo.charge_usage(
+            session_id=session_id,
+            request_id=request_id,
+            model=model,
+            usage=usage,
+            now=now or rt.clock(),
+        )
+
+    return await _charged(rt, session_id, call)
+
+
+async def _charged(
+    rt: Runtime, session_id: str, call: Callable[[BudgetRepository], Awaitable[ChargeResult]]
+) -> ChargeResult:
+    async with rt.session_factory.begin() as s:
+        result = await call(BudgetRepository(s, rt.settings))
         stopped = (
             await SessionRepository(s).get(session_id)
             if result.decision is Decision.STOP and not result.duplicate
@@ -756,6 +819,65 @@ async def charge(
     if stopped is not None:
         await write_key(rt, stopped)
     return result
+
+
+async def reserve(
+    rt: Runtime,
+    *,
+    session_id: str,
+    request_id: str,
+    model: str,
+    max_input_tokens: int,
+    max_output_tokens: int,
+    max_cache_creation_input_tokens: int = 0,
+    now: datetime | None = None,
+) -> Reservation:
+    """Book a call's worst-case cost before making it, in its own transaction (a hard
+    cap: ``BudgetRepository.reserve``); charge with the same ``request_id`` after."""
+    async with rt.session_factory.begin() as s:
+        return await BudgetRepository(s, rt.settings).reserve(
+            session_id=session_id,
+            request_id=request_id,
+            model=model,
+            max_input_tokens=max_input_tokens,
+            max_output_tokens=max_output_tokens,
+            max_cache_creation_input_tokens=max_cache_creation_input_tokens,
+            now=now or rt.clock(),
+        )
+
+
+async def list_prices(rt: Runtime, *, model: str | None = None) -> list[PriceEntry]:
+    """The price list, every row by model and time (``python -m app prices list``)."""
+    async with rt.session_factory() as s:
+        return await PriceRepository(s).list(model=model)
+
+
+async def set_price(
+    rt: Runtime,
+    *,
+    model: str,
+    rates: Rates,
+    effective_from: datetime,
+    source: str,
+    now: datetime | None = None,
+) -> PriceEntry:
+    """Add ``model``'s price from ``effective_from`` on (``python -m app prices set``).
+
+    The time must not be before ``now`` (the runtime's clock): a price applies to
+    charges after its time and never changes one already made.
+    """
+    moment = now or rt.clock()
+    start = policy.aware(effective_from, "effective_from")
+    if start < moment:
+        raise InvalidInput(
+            f"effective_from {start.isoformat()} is in the past (now is {moment.isoformat()}):"
+            " a price applies only to charges after its time",
+            field="effective_from",
+        )
+    async with rt.session_factory.begin() as s:
+        return await PriceRepository(s).add(
+            model=model, rates=rates, effective_from=start, source=source
+        )
 
 
 @dataclass
@@ -1158,6 +1280,7 @@ __all__ = [
     "gauges",
     "heartbeat",
     "inspect_session",
+    "latest_checkpoint",
     "next_due",
     "purge_finished",
     "reconcile_store",
@@ -1165,6 +1288,7 @@ __all__ = [
     "redeliver",
     "renew_leases",
     "resume_session",
+    "save_checkpoint",
     "session_state",
     "sleep_session",
     "start_session",

@@ -11,6 +11,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,12 +22,32 @@ SONNET = "claude-sonnet-4-20250514"
 
 
 class ModelPrice(BaseModel):
-    """Price of one model in microdollars per million tokens."""
+    """Price of one model in microdollars per million tokens, one figure per token class.
+
+    The prompt-cache classes default to Anthropic's multipliers of the input price
+    (DESIGN.md §6b): 5-minute writes 1.25x, 1-hour writes 2x, reads 0.1x.
+    """
 
     model_config = {"frozen": True}
 
     input_per_mtok: NonNegativeInt
     output_per_mtok: NonNegativeInt
+    cache_write_5m_per_mtok: NonNegativeInt | None = None
+    cache_write_1h_per_mtok: NonNegativeInt | None = None
+    cache_read_per_mtok: NonNegativeInt | None = None
+
+    @model_validator(mode="after")
+    def _derive_cache_prices(self) -> ModelPrice:
+        # Frozen: fill the derived classes once, here, so equal prices compare equal.
+        derived = {
+            "cache_write_5m_per_mtok": self.input_per_mtok * 5 // 4,
+            "cache_write_1h_per_mtok": self.input_per_mtok * 2,
+            "cache_read_per_mtok": self.input_per_mtok // 10,
+        }
+        for name, value in derived.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        return self
 
 
 def default_prices() -> dict[str, ModelPrice]:
@@ -71,8 +92,14 @@ class Settings(BaseSettings):
     tier_model_partner: str = SONNET
     tier_model_cto_scale: str = OPUS
 
-    # Prices, JSON in the environment: {"model": {"input_per_mtok": .., "output_per_mtok": ..}}.
+    # Prices live in PostgreSQL's `prices` table, effective-dated (`python -m app prices`).
+    # These are the fallback for a model that table has no price for at the charge's
+    # time; JSON in the environment: {"model": {"input_per_mtok": .., "output_per_mtok":
+    # .., "cache_write_5m_per_mtok": .., "cache_write_1h_per_mtok": ..,
+    # "cache_read_per_mtok": ..}} (the cache classes default to 1.25x / 2x / 0.1x input).
     model_prices: dict[str, ModelPrice] = Field(default_factory=default_prices)
+    # An unsettled reservation (BudgetRepository.reserve) stops counting after this long.
+    reservation_ttl_seconds: PositiveInt = 600
 
     # Checkpoint storage.
     checkpoint_keep_last: PositiveInt = 5

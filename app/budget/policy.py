@@ -125,3 +125,10 @@ def decide(spent: int, budget: int) -> Decision:
     if spent * 100 <= budget * STOP_ABOVE:
         return Decision.SLEEP
     return Decision.STOP
+
+
+def within_cap(total: int, budget: int) -> bool:
+    """Whether ``total`` (the day's spend plus every open reservation) stays within 110 %
+    of ``budget``: what a reservation may book up to (DESIGN.md §6b). A zero budget
+    admits nothing but zero."""
+    return total * 100 <= budget * STOP_ABOVE

@@ -19,6 +19,8 @@ from app.db.models import (
     AgentSession,
     BudgetCredit,
     BudgetDay,
+    BudgetReservation,
+    Price,
     UserSettings,
 )
 
@@ -28,6 +30,8 @@ agent_events = cast(Table, AgentEvent.__table__)
 agent_sessions = cast(Table, AgentSession.__table__)
 budget_credits = cast(Table, BudgetCredit.__table__)
 budget_days = cast(Table, BudgetDay.__table__)
+budget_reservations = cast(Table, BudgetReservation.__table__)
+prices = cast(Table, Price.__table__)
 user_settings = cast(Table, UserSettings.__table__)
 
 __all__ = [
@@ -37,5 +41,7 @@ __all__ = [
     "agent_sessions",
     "budget_credits",
     "budget_days",
+    "budget_reservations",
+    "prices",
     "user_settings",
 ]

@@ -1,6 +1,6 @@
 """Repositories: async classes over an ``AsyncSession`` that flush but never commit."""
 
-from app.repositories.budget import BudgetRepository, ChargeResult
+from app.repositories.budget import BudgetRepository, ChargeResult, Reservation
 from app.repositories.checkpoints import CheckpointInfo, CheckpointRepository
 from app.repositories.events import (
     ClaimedEvent,
@@ -9,6 +9,7 @@ from app.repositories.events import (
     session_event,
     threshold_events,
 )
+from app.repositories.prices import PriceEntry, PriceRepository
 from app.repositories.resume import ResumeRepository
 from app.repositories.retention import Deleted, Purged, RetentionRepository
 from app.repositories.sessions import WAKE_CHANNEL, SessionRepository
@@ -23,7 +24,10 @@ __all__ = [
     "Deleted",
     "EventRepository",
     "NewEvent",
+    "PriceEntry",
+    "PriceRepository",
     "Purged",
+    "Reservation",
     "ResumeRepository",
     "RetentionRepository",
     "SessionRepository",

@@ -1,37 +1,54 @@
-"""BudgetRepository: the idempotent cost ledger and one budget row per user per UTC day."""
+"""BudgetRepository: the idempotent cost ledger, one budget row per user per UTC day, and
+reservations for callers that want a hard cap (DESIGN.md §6, §6b)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Any, Final, cast
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    ColumnElement,
     Date,
+    DateTime,
     Integer,
+    Numeric,
     Select,
     String,
-    Table,
     and_,
     bindparam,
     case,
+    delete,
     exists,
     func,
+    literal,
+    or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.budget import policy
-from app.budget.pricing import MAX_TOKENS_PER_CALL, cost_microdollars
-from app.db.models import AgentCostEvent, AgentSession, BudgetCredit, BudgetDay, UserSettings
-from app.domain import Decision, InvalidInput, SessionNotFound, SessionStatus, Tier
-from app.repositories.budget_rules import saturating_add, stops
+from app.budget.pricing import (
+    BATCH_DIVISOR,
+    MAX_TOKENS_PER_CALL,
+    TOKENS_PER_PRICE_UNIT,
+    TokenUsage,
+    parse_usage,
+    rates_of,
+    token_usage,
+)
+from app.db import tables
+from app.domain import Decision, InvalidInput, SessionNotFound, SessionStatus, Tier, UnknownModel
+from app.repositories.budget_rules import saturating_add, stops, usage_cost, within_cap
 from app.repositories.errors import translate_errors, translated
 from app.repositories.events import EventRepository, threshold_events
+from app.repositories.sql import core_connection
 from app.settings import Settings
 from app.validation import (
     MAX_MODEL_LENGTH,
@@ -41,14 +58,14 @@ from app.validation import (
     require_text,
 )
 
-_COST_EVENTS = cast(Table, AgentCostEvent.__table__)
-_BUDGET_DAYS = cast(Table, BudgetDay.__table__)
-_SESSIONS = cast(Table, AgentSession.__table__)
-_ev = AgentCostEvent.__table__.c
-_day = BudgetDay.__table__.c
-_ses = AgentSession.__table__.c
-_us = UserSettings.__table__.c
-_credit = BudgetCredit.__table__.c
+#: The price classes, in the order the statements bind their fallbacks.
+PRICE_CLASSES: Final = (
+    "input_per_mtok",
+    "output_per_mtok",
+    "cache_write_5m_per_mtok",
+    "cache_write_1h_per_mtok",
+    "cache_read_per_mtok",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,73 +79,165 @@ class ChargeResult:
     duplicate: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Outcome of ``reserve``: whether the call may go ahead, what was booked for it
+    (0 when refused), and ``decide()`` of the day's spend plus every open reservation
+    (``sleep`` when refused)."""
+
+    granted: bool
+    reserved_microdollars: int
+    decision: Decision
+
+
+def _rates(model: ColumnElement[Any], at: ColumnElement[Any]) -> dict[str, ColumnElement[Any]]:
+    """The model's price per class in force at ``at``: the newest ``prices`` row from
+    ``at`` or before (one backward step on the primary key), else the configured
+    fallback bound as ``p_fallback_<class>`` (NULL when there is none). Scalar
+    subqueries of the statement itself: the lookup costs no round trip."""
+    p = tables.prices.c
+    newest = (
+        select(*(p[name] for name in PRICE_CLASSES))
+        .where(p.model == model, p.effective_from <= at)
+        .order_by(p.effective_from.desc())
+        .limit(1)
+        .cte("price")
+    )
+    return {
+        name: func.coalesce(
+            select(newest.c[name]).scalar_subquery(),
+            bindparam(f"p_fallback_{name}", type_=BigInteger),
+        )
+        for name in PRICE_CLASSES
+    }
+
+
+def _owner() -> Any:
+    s = tables.agent_sessions.c
+    return (
+        select(s.id, s.clerk_user_id, s.tier)
+        .where(s.id == bindparam("p_session_id", type_=String))
+        .cte("owner")
+    )
+
+
 def _build_charge_statement() -> Select[Any]:
     """The common charge as one statement of CTEs, built once and reused with parameters.
 
-    1. ``event``: the ledger row, once per request_id (``ON CONFLICT DO NOTHING``);
-    2. ``spend``: the day's spend, when the day's row exists (locking it first);
-    3. ``session_update``: the session's cumulative cost, and ``budget_exceeded``
+    1. ``price``: the model's price per class in force at the charge's time, and the
+       cost, every class priced and floored on its own (no round trip of its own);
+    2. ``event``: the ledger row with its tokens by class, once per request_id
+       (``ON CONFLICT DO NOTHING``), and only when a price is known;
+    3. ``settled``: the call's reservation on the same day, if any, deleted;
+    4. ``spend``: the day's spend, and the settled amount taken off what is reserved,
+       when the day's row exists (locking it first);
+    5. ``session_update``: the session's cumulative cost, and ``budget_exceeded``
        above 110 % of the day's budget (BDGT-07).
     """
+    ev, day_c, ses = tables.agent_cost_events.c, tables.budget_days.c, tables.agent_sessions.c
+    res = tables.budget_reservations.c
     # Parameter names must not match column names: UPDATE would read them as SET values.
-    cost = bindparam("p_cost", type_=BigInteger)
     day = bindparam("p_day", type_=Date)
-    owner = (
-        select(_ses.id, _ses.clerk_user_id, _ses.tier)
-        .where(_ses.id == bindparam("p_session_id", type_=String))
-        .cte("owner")
+    request_id = bindparam("p_request_id", type_=String)
+    tokens = {
+        name: bindparam(f"p_{name}", type_=Integer)
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_creation_1h_input_tokens",
+            "cache_read_input_tokens",
+        )
+    }
+    owner = _owner()
+    rate = _rates(bindparam("p_model", type_=String), bindparam("p_at", type_=DateTime(True)))
+    cost = usage_cost(
+        [
+            (tokens["input_tokens"], rate["input_per_mtok"]),
+            (
+                tokens["cache_creation_input_tokens"] - tokens["cache_creation_1h_input_tokens"],
+                rate["cache_write_5m_per_mtok"],
+            ),
+            (tokens["cache_creation_1h_input_tokens"], rate["cache_write_1h_per_mtok"]),
+            (tokens["cache_read_input_tokens"], rate["cache_read_per_mtok"]),
+            (tokens["output_tokens"], rate["output_per_mtok"]),
+        ],
+        bindparam("p_divisor", type_=Numeric),
     )
+    priced = select(cost.label("cost")).cte("priced")
     event = (
-        insert(_COST_EVENTS)
+        insert(tables.agent_cost_events)
         .from_select(
             [
                 "request_id",
                 "session_id",
                 "clerk_user_id",
                 "model",
-                "input_tokens",
-                "output_tokens",
+                *tokens,
+                "batch",
                 "cost_microdollars",
                 "budget_day",
             ],
             select(
-                bindparam("p_request_id", type_=String),
+                request_id,
                 owner.c.id,
                 owner.c.clerk_user_id,
                 bindparam("p_model", type_=String),
-                bindparam("p_input_tokens", type_=Integer),
-                bindparam("p_output_tokens", type_=Integer),
-                cost,
+                *tokens.values(),
+                bindparam("p_batch", type_=Boolean),
+                priced.c.cost,
                 day,
-            ),
+            )
+            .select_from(owner.join(priced, true()))
+            .where(priced.c.cost.is_not(None)),
         )
-        .on_conflict_do_nothing(index_elements=[_ev.request_id])
-        .returning(_ev.clerk_user_id)
+        .on_conflict_do_nothing(index_elements=[ev.request_id])
+        .returning(ev.clerk_user_id, ev.cost_microdollars)
         .cte("event")
     )
+    settled = (
+        delete(tables.budget_reservations)
+        .where(
+            res.request_id == request_id,
+            res.budget_day == day,
+            exists(select(event.c.clerk_user_id)),
+        )
+        .returning(res.amount_microdollars)
+        .cte("settled")
+    )
+    released = select(func.coalesce(func.sum(settled.c.amount_microdollars), 0)).scalar_subquery()
     spend = (
-        update(_BUDGET_DAYS)
-        .where(_day.clerk_user_id == event.c.clerk_user_id, _day.day == day)
-        .values(spent_microdollars=_day.spent_microdollars + cost)
-        .returning(_day.spent_microdollars, _day.budget_microdollars)
+        update(tables.budget_days)
+        .where(day_c.clerk_user_id == event.c.clerk_user_id, day_c.day == day)
+        .values(
+            spent_microdollars=day_c.spent_microdollars + event.c.cost_microdollars,
+            reserved_microdollars=func.greatest(day_c.reserved_microdollars - released, 0),
+        )
+        .returning(day_c.spent_microdollars, day_c.budget_microdollars)
         .cte("spend")
     )
     spent = select(spend.c.spent_microdollars).scalar_subquery()
     budget = select(spend.c.budget_microdollars).scalar_subquery()
-    stop = and_(_ses.status == SessionStatus.WORKING.value, stops(spent, budget))
+    stop = and_(ses.status == SessionStatus.WORKING.value, stops(spent, budget))
     session_update = (
-        update(_SESSIONS)
-        .where(_ses.id == owner.c.id, exists(select(spend.c.spent_microdollars)))
+        update(tables.agent_sessions)
+        .where(ses.id == owner.c.id, exists(select(spend.c.spent_microdollars)))
         .values(
-            cumulative_cost_microdollars=_ses.cumulative_cost_microdollars + cost,
-            status=case((stop, SessionStatus.BUDGET_EXCEEDED.value), else_=_ses.status),
-            version=_ses.version + case((stop, 1), else_=0),
+            cumulative_cost_microdollars=ses.cumulative_cost_microdollars
+            + select(event.c.cost_microdollars).scalar_subquery(),
+            status=case((stop, SessionStatus.BUDGET_EXCEEDED.value), else_=ses.status),
+            version=ses.version + case((stop, 1), else_=0),
         )
-        .returning(_ses.id)
+        .returning(ses.id)
         .cte("session_update")
+    )
+    # A reservation booked on another day (a call across midnight) is settled apart.
+    elsewhere = exists(
+        select(res.request_id).where(res.request_id == request_id, res.budget_day != day)
     )
     return select(
         exists(select(owner.c.id)).label("found"),
+        select(priced.c.cost).scalar_subquery().label("cost"),
         exists(select(event.c.clerk_user_id)).label("inserted"),
         select(owner.c.clerk_user_id).scalar_subquery().label("clerk_user_id"),
         select(owner.c.tier).scalar_subquery().label("tier"),
@@ -137,19 +246,174 @@ def _build_charge_statement() -> Select[Any]:
         # Referencing the CTE is what makes SQLAlchemy render it; PostgreSQL runs
         # every data-modifying CTE to completion whether or not it is read.
         exists(select(session_update.c.id)).label("session_updated"),
+        exists(select(settled.c.amount_microdollars)).label("settled"),
+        elsewhere.label("reserved_elsewhere"),
+    )
+
+
+def _build_reserve_statement() -> Select[Any]:
+    """A reservation as one statement (DESIGN.md §6b).
+
+    1. ``locked``: the user's day row, ``FOR UPDATE``: reservations and charges of one
+       user-day take their turn here, and a row locked after a wait is read as
+       committed, so the figures below are never stale;
+    2. ``swept``: the day's expired reservations, deleted (skipping any a charge is
+       settling right now, which would otherwise wait on this lock);
+    3. ``booked``: the new reservation, only if the day's spend plus every open
+       reservation plus this one stays within 110 % of the budget, and only once per
+       request_id;
+    4. ``kept``: the day's ``reserved_microdollars`` minus what was swept plus what was
+       booked.
+    """
+    day_c, res, ev = tables.budget_days.c, tables.budget_reservations.c, tables.agent_cost_events.c
+    day = bindparam("p_day", type_=Date)
+    now = bindparam("p_at", type_=DateTime(True))
+    request_id = bindparam("p_request_id", type_=String)
+    owner = _owner()
+    rate = _rates(bindparam("p_model", type_=String), now)
+    worst = usage_cost(
+        [
+            (bindparam("p_max_input_tokens", type_=Integer), rate["input_per_mtok"]),
+            (bindparam("p_max_output_tokens", type_=Integer), rate["output_per_mtok"]),
+            (bindparam("p_max_cache_tokens", type_=Integer), rate["cache_write_1h_per_mtok"]),
+        ],
+        literal(TOKENS_PER_PRICE_UNIT, Numeric()),
+    )
+    priced = select(worst.label("worst")).cte("priced")
+    user = select(owner.c.clerk_user_id).scalar_subquery()
+    locked = (
+        select(
+            day_c.clerk_user_id,
+            day_c.spent_microdollars,
+            day_c.reserved_microdollars,
+            day_c.budget_microdollars,
+        )
+        .where(day_c.clerk_user_id == user, day_c.day == day)
+        .with_for_update()
+        .cte("locked")
+    )
+    # Scalar subqueries of ``locked`` run before the rows they filter: the day's lock
+    # is always taken before any reservation row's, so this never deadlocks a charge.
+    locked_user = select(locked.c.clerk_user_id).scalar_subquery()
+    expired = (
+        select(res.request_id)
+        .where(res.clerk_user_id == locked_user, res.budget_day == day, res.expires_at <= now)
+        .with_for_update(skip_locked=True)
+    )
+    swept = (
+        delete(tables.budget_reservations)
+        .where(res.request_id.in_(expired))
+        .returning(res.amount_microdollars)
+        .cte("swept")
+    )
+    freed = select(func.coalesce(func.sum(swept.c.amount_microdollars), 0)).scalar_subquery()
+    open_before = select(locked.c.reserved_microdollars).scalar_subquery() - freed
+    spent = select(locked.c.spent_microdollars).scalar_subquery()
+    budget = select(locked.c.budget_microdollars).scalar_subquery()
+    amount = select(priced.c.worst).scalar_subquery()
+    charged = exists(select(ev.request_id).where(ev.request_id == request_id))
+    fits = within_cap(spent + open_before + amount, budget)
+    booked = (
+        insert(tables.budget_reservations)
+        .from_select(
+            [
+                "request_id",
+                "session_id",
+                "clerk_user_id",
+                "budget_day",
+                "model",
+                "amount_microdollars",
+                "expires_at",
+            ],
+            select(
+                request_id,
+                owner.c.id,
+                owner.c.clerk_user_id,
+                day,
+                bindparam("p_model", type_=String),
+                amount,
+                bindparam("p_expires_at", type_=DateTime(True)),
+            ).where(exists(select(locked.c.clerk_user_id)), amount.is_not(None), ~charged, fits),
+        )
+        .on_conflict_do_nothing(index_elements=[res.request_id])
+        .returning(res.amount_microdollars)
+        .cte("booked")
+    )
+    added = select(func.coalesce(func.sum(booked.c.amount_microdollars), 0)).scalar_subquery()
+    kept = (
+        update(tables.budget_days)
+        .where(
+            day_c.clerk_user_id == locked_user,
+            day_c.day == day,
+            or_(
+                exists(select(swept.c.amount_microdollars)),
+                exists(select(booked.c.amount_microdollars)),
+            ),
+        )
+        .values(reserved_microdollars=func.greatest(day_c.reserved_microdollars - freed, 0) + added)
+        .returning(day_c.reserved_microdollars)
+        .cte("kept")
+    )
+    existing = select(res.amount_microdollars).where(res.request_id == request_id).scalar_subquery()
+    return select(
+        exists(select(owner.c.id)).label("found"),
+        user.label("clerk_user_id"),
+        select(owner.c.tier).scalar_subquery().label("tier"),
+        amount.label("worst"),
+        exists(select(locked.c.clerk_user_id)).label("has_day"),
+        charged.label("charged"),
+        existing.label("existing"),
+        exists(select(booked.c.amount_microdollars)).label("booked"),
+        spent.label("spent"),
+        budget.label("budget"),
+        (open_before + added).label("reserved"),
+        exists(select(kept.c.reserved_microdollars)).label("kept"),
+    )
+
+
+def _build_settle_elsewhere() -> Any:
+    """Settles a reservation booked on another day than its charge (a call across
+    midnight): deletes it and takes it off that day's reserved amount."""
+    day_c, res = tables.budget_days.c, tables.budget_reservations.c
+    gone = (
+        delete(tables.budget_reservations)
+        .where(res.request_id == bindparam("p_request_id", type_=String))
+        .returning(res.clerk_user_id, res.budget_day, res.amount_microdollars)
+        .cte("gone")
+    )
+    return (
+        update(tables.budget_days)
+        .where(day_c.clerk_user_id == gone.c.clerk_user_id, day_c.day == gone.c.budget_day)
+        .values(
+            reserved_microdollars=func.greatest(
+                day_c.reserved_microdollars - gone.c.amount_microdollars, 0
+            )
+        )
     )
 
 
 _CHARGE: Final = _build_charge_statement()
+_RESERVE: Final = _build_reserve_statement()
+_SETTLE_ELSEWHERE: Final = _build_settle_elsewhere()
 
 
 @translated
 class BudgetRepository:
-    """Charges and daily budgets. Never commits: the caller owns the transaction."""
+    """Charges, reservations and daily budgets. Never commits: the caller owns the
+    transaction."""
 
     def __init__(self, session: AsyncSession, settings: Settings) -> None:
         self.session = session
         self.settings = settings
+
+    def _fallback(self, model: str) -> dict[str, int | None]:
+        # The configured price, for a model the prices table has no row for at the time.
+        configured = self.settings.model_prices.get(model)
+        figures = None if configured is None else rates_of(configured)
+        return {
+            f"p_fallback_{name}": None if figures is None else figures[i]
+            for i, name in enumerate(PRICE_CLASSES)
+        }
 
     # ----------------------------------------------------------------- charge
 
@@ -161,45 +425,92 @@ class BudgetRepository:
         model: str,
         input_tokens: int,
         output_tokens: int,
+        cache_creation_input_tokens: int = 0,
+        cache_creation_1h_input_tokens: int = 0,
+        cache_read_input_tokens: int = 0,
+        batch: bool = False,
         now: datetime | None = None,
     ) -> ChargeResult:
         """Record one LLM call (BDGT-06) and return the day's decision.
 
+        Every token class is priced at the model's price in force at ``now`` and floored
+        on its own; ``batch`` halves every class (DESIGN.md §6b).
+        ``cache_creation_input_tokens`` counts every cache write and
+        ``cache_creation_1h_input_tokens`` the part of them with the 1-hour TTL.
         Idempotent on ``request_id``: a repeat charges nothing and reports the original
-        cost with the day's current figures and ``duplicate=True``. A ``stop`` moves a
-        ``working`` session to ``budget_exceeded`` in the same transaction (BDGT-07).
-        The common case is a single statement; the first charge of a user's day adds
-        the reads that compute the day's budget.
+        cost with the day's current figures and ``duplicate=True``; the first charge
+        settles the call's reservation, if it has one. A ``stop`` moves a ``working``
+        session to ``budget_exceeded`` in the same transaction (BDGT-07). The common
+        case is a single statement, price lookup included; the first charge of a
+        user's day adds the reads that compute the day's budget.
         """
+        usage = token_usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_creation_input_tokens=cache_creation_input_tokens,
+            cache_creation_1h_input_tokens=cache_creation_1h_input_tokens,
+            cache_read_input_tokens=cache_read_input_tokens,
+            batch=batch,
+        )
+        return await self._charge(session_id, request_id, model, usage, now)
+
+    async def charge_usage(
+        self,
+        *,
+        session_id: str,
+        request_id: str,
+        model: str,
+        usage: Any,
+        now: datetime | None = None,
+    ) -> ChargeResult:
+        """``charge`` from the provider's own usage report: the Anthropic SDK's ``Usage``
+        object or its dict form, as-is (its ``cache_creation`` breakdown by TTL and
+        ``service_tier == "batch"`` included; without a breakdown every cache write is
+        priced at the 5-minute rate)."""
+        return await self._charge(session_id, request_id, model, parse_usage(usage), now)
+
+    async def _charge(
+        self,
+        session_id: str,
+        request_id: str,
+        model: str,
+        usage: TokenUsage,
+        now: datetime | None,
+    ) -> ChargeResult:
         require_text(session_id, "session_id")
         require_text(request_id, "request_id")
         require_text(model, "model", max_length=MAX_MODEL_LENGTH)
-        require_int(input_tokens, "input_tokens", maximum=MAX_TOKENS_PER_CALL)
-        require_int(output_tokens, "output_tokens", maximum=MAX_TOKENS_PER_CALL)
         moment = datetime.now(UTC) if now is None else require_aware(now, "now")
-        cost = cost_microdollars(
-            model, input_tokens, output_tokens, prices=self.settings.model_prices
-        )
         day = policy.budget_day(moment)
 
         with translate_errors(session_id=session_id):
-            params = {
+            params: dict[str, Any] = {
                 "p_session_id": session_id,
                 "p_request_id": request_id,
                 "p_model": model,
-                "p_input_tokens": input_tokens,
-                "p_output_tokens": output_tokens,
-                "p_cost": cost,
+                "p_at": moment,
+                "p_input_tokens": usage.input_tokens,
+                "p_output_tokens": usage.output_tokens,
+                "p_cache_creation_input_tokens": usage.cache_creation_input_tokens,
+                "p_cache_creation_1h_input_tokens": usage.cache_creation_1h_input_tokens,
+                "p_cache_read_input_tokens": usage.cache_read_input_tokens,
+                "p_batch": usage.batch,
+                "p_divisor": TOKENS_PER_PRICE_UNIT * (BATCH_DIVISOR if usage.batch else 1),
                 "p_day": day,
+                **self._fallback(model),
             }
             # Core on the session's connection: no ORM bookkeeping on the hot path.
-            await self.session.flush()
-            connection = await self.session.connection()
+            connection = await core_connection(self.session)
             row = (await connection.execute(_CHARGE, params)).one()
             if not row.found:
                 raise SessionNotFound(session_id)
+            if row.cost is None:
+                raise UnknownModel(model)
             if not row.inserted:
                 return await self._duplicate(request_id, session_id, day)
+            cost = int(row.cost)
+            if row.reserved_elsewhere:
+                await connection.execute(_SETTLE_ELSEWHERE, {"p_request_id": request_id})
             if row.spent is not None:
                 await self._thresholds(
                     row.clerk_user_id, session_id, day, row.spent, row.budget, moment
@@ -213,6 +524,84 @@ class BudgetRepository:
             await self._charge_session(session_id, cost, spent, budget)
             await self._thresholds(row.clerk_user_id, session_id, day, spent, budget, moment)
         return ChargeResult(cost, spent, budget, policy.decide(spent, budget), False)
+
+    # ------------------------------------------------------------ reservation
+
+    async def reserve(
+        self,
+        *,
+        session_id: str,
+        request_id: str,
+        model: str,
+        max_input_tokens: int,
+        max_output_tokens: int,
+        max_cache_creation_input_tokens: int = 0,
+        now: datetime | None = None,
+    ) -> Reservation:
+        """Book the worst-case cost of a call before it is made (DESIGN.md §6b).
+
+        Granted only if the day's spend plus every open reservation plus this one stays
+        within 110 % of the day's budget; otherwise nothing is booked
+        (``reserved_microdollars == 0``, ``decision == sleep``). The worst case is
+        ``max_input_tokens`` at the input price, ``max_output_tokens`` at the output
+        price and ``max_cache_creation_input_tokens`` at the 1-hour cache-write price.
+        The charge with the same ``request_id`` settles it at the real cost; unsettled,
+        it stops counting ``RESERVATION_TTL_SECONDS`` after ``now``. Reserving the same
+        ``request_id`` again returns the open reservation; reserving one that was
+        already charged is ``InvalidInput``.
+        """
+        require_text(session_id, "session_id")
+        require_text(request_id, "request_id")
+        require_text(model, "model", max_length=MAX_MODEL_LENGTH)
+        limits = {
+            "p_max_input_tokens": require_int(
+                max_input_tokens, "max_input_tokens", maximum=MAX_TOKENS_PER_CALL
+            ),
+            "p_max_output_tokens": require_int(
+                max_output_tokens, "max_output_tokens", maximum=MAX_TOKENS_PER_CALL
+            ),
+            "p_max_cache_tokens": require_int(
+                max_cache_creation_input_tokens,
+                "max_cache_creation_input_tokens",
+                maximum=MAX_TOKENS_PER_CALL,
+            ),
+        }
+        moment = datetime.now(UTC) if now is None else require_aware(now, "now")
+        day = policy.budget_day(moment)
+        params: dict[str, Any] = {
+            "p_session_id": session_id,
+            "p_request_id": request_id,
+            "p_model": model,
+            "p_at": moment,
+            "p_day": day,
+            "p_expires_at": moment + timedelta(seconds=self.settings.reservation_ttl_seconds),
+            **limits,
+            **self._fallback(model),
+        }
+        with translate_errors(session_id=session_id):
+            connection = await core_connection(self.session)
+            row = (await connection.execute(_RESERVE, params)).one()
+            if row.found and row.worst is not None and not row.has_day:
+                # The first reservation of the user's day makes the day's row, then books.
+                await self.daily_budget(row.clerk_user_id, day, tier=Tier(row.tier))
+                row = (await connection.execute(_RESERVE, params)).one()
+        if not row.found:
+            raise SessionNotFound(session_id)
+        if row.worst is None:
+            raise UnknownModel(model)
+        if row.charged:
+            raise InvalidInput(
+                f"request_id {request_id!r} was already charged: a reservation books a call"
+                " before it is made",
+                field="request_id",
+            )
+        spent, budget, reserved = int(row.spent), int(row.budget), int(row.reserved)
+        if row.booked:
+            return Reservation(True, int(row.worst), policy.decide(spent + reserved, budget))
+        if row.existing is not None:
+            # Reserved before under this request_id: still open, still counted.
+            return Reservation(True, int(row.existing), policy.decide(spent + reserved, budget))
+        return Reservation(False, 0, Decision.SLEEP)
 
     async def _thresholds(
         self, user: str, session_id: str, day: date, spent: int, budget: int, at: datetime
@@ -228,30 +617,37 @@ class BudgetRepository:
     async def _add_to_day(self, user: str, day: date, budget: int, cost: int) -> tuple[int, int]:
         # Concurrent first charges race here: one inserts, the others add to its row.
         stmt = (
-            insert(BudgetDay)
+            insert(tables.budget_days)
             .values(
                 clerk_user_id=user, day=day, budget_microdollars=budget, spent_microdollars=cost
             )
             .on_conflict_do_update(
-                index_elements=[_day.clerk_user_id, _day.day],
-                set_={"spent_microdollars": _day.spent_microdollars + cost},
+                index_elements=[tables.budget_days.c.clerk_user_id, tables.budget_days.c.day],
+                set_={"spent_microdollars": tables.budget_days.c.spent_microdollars + cost},
             )
-            .returning(_day.spent_microdollars, _day.budget_microdollars)
+            .returning(
+                tables.budget_days.c.spent_microdollars, tables.budget_days.c.budget_microdollars
+            )
         )
         spent, stored_budget = (await self.session.execute(stmt)).one()
         return int(spent), int(stored_budget)
 
     async def _charge_session(self, session_id: str, cost: int, spent: int, budget: int) -> None:
-        stop = _ses.status == SessionStatus.WORKING.value
+        stop = tables.agent_sessions.c.status == SessionStatus.WORKING.value
         stopping = policy.decide(spent, budget) is Decision.STOP
         values: dict[str, object] = {
-            "cumulative_cost_microdollars": _ses.cumulative_cost_microdollars + cost
+            "cumulative_cost_microdollars": tables.agent_sessions.c.cumulative_cost_microdollars
+            + cost
         }
         if stopping:
-            values["status"] = case((stop, SessionStatus.BUDGET_EXCEEDED.value), else_=_ses.status)
-            values["version"] = _ses.version + case((stop, 1), else_=0)
+            values["status"] = case(
+                (stop, SessionStatus.BUDGET_EXCEEDED.value), else_=tables.agent_sessions.c.status
+            )
+            values["version"] = tables.agent_sessions.c.version + case((stop, 1), else_=0)
         await self.session.execute(
-            update(AgentSession).where(_ses.id == session_id).values(**values),
+            update(tables.agent_sessions)
+            .where(tables.agent_sessions.c.id == session_id)
+            .values(**values),
             execution_options={"synchronize_session": False},
         )
 
@@ -259,9 +655,11 @@ class BudgetRepository:
         # A new statement, so a concurrent first writer's committed row is visible.
         original = (
             await self.session.execute(
-                select(_ev.cost_microdollars, _ev.clerk_user_id, _ev.budget_day).where(
-                    _ev.request_id == request_id
-                )
+                select(
+                    tables.agent_cost_events.c.cost_microdollars,
+                    tables.agent_cost_events.c.clerk_user_id,
+                    tables.agent_cost_events.c.budget_day,
+                ).where(tables.agent_cost_events.c.request_id == request_id)
             )
         ).one()
         spent, budget = await self._day_figures(original.clerk_user_id, original.budget_day)
@@ -272,9 +670,10 @@ class BudgetRepository:
     async def _day_figures(self, user: str, day: date) -> tuple[int, int]:
         row = (
             await self.session.execute(
-                select(_day.spent_microdollars, _day.budget_microdollars).where(
-                    _day.clerk_user_id == user, _day.day == day
-                )
+                select(
+                    tables.budget_days.c.spent_microdollars,
+                    tables.budget_days.c.budget_microdollars,
+                ).where(tables.budget_days.c.clerk_user_id == user, tables.budget_days.c.day == day)
             )
         ).one_or_none()
         if row is None:  # only if the day's row was deleted by hand
@@ -288,8 +687,10 @@ class BudgetRepository:
         settings_row = (
             await self.session.execute(
                 select(
-                    _us.tier, _us.subscription_renewal_date, _us.budget_override_microdollars
-                ).where(_us.clerk_user_id == user)
+                    tables.user_settings.c.tier,
+                    tables.user_settings.c.subscription_renewal_date,
+                    tables.user_settings.c.budget_override_microdollars,
+                ).where(tables.user_settings.c.clerk_user_id == user)
             )
         ).one_or_none()
         if settings_row is None:
@@ -311,16 +712,20 @@ class BudgetRepository:
         # Spend and credits of the period before ``day``: a credit bought on ``day`` was
         # added to the day's row by the top-up itself, which creates the row first.
         spent_before = (
-            select(func.coalesce(func.sum(_day.spent_microdollars), 0))
-            .where(_day.clerk_user_id == user, _day.day >= start, _day.day < day)
+            select(func.coalesce(func.sum(tables.budget_days.c.spent_microdollars), 0))
+            .where(
+                tables.budget_days.c.clerk_user_id == user,
+                tables.budget_days.c.day >= start,
+                tables.budget_days.c.day < day,
+            )
             .scalar_subquery()
         )
         credits = (
-            select(func.coalesce(func.sum(_credit.amount_microdollars), 0))
+            select(func.coalesce(func.sum(tables.budget_credits.c.amount_microdollars), 0))
             .where(
-                _credit.clerk_user_id == user,
-                _credit.budget_day >= start,
-                _credit.budget_day < day,
+                tables.budget_credits.c.clerk_user_id == user,
+                tables.budget_credits.c.budget_day >= start,
+                tables.budget_credits.c.budget_day < day,
             )
             .scalar_subquery()
         )
@@ -332,9 +737,9 @@ class BudgetRepository:
 
     async def _latest_session_tier(self, user: str) -> Tier:
         tier = await self.session.scalar(
-            select(_ses.tier)
-            .where(_ses.clerk_user_id == user)
-            .order_by(_ses.started_at.desc())
+            select(tables.agent_sessions.c.tier)
+            .where(tables.agent_sessions.c.clerk_user_id == user)
+            .order_by(tables.agent_sessions.c.started_at.desc())
             .limit(1)
         )
         if tier is None:
@@ -357,22 +762,22 @@ class BudgetRepository:
             raise InvalidInput(f"day must be a date, not {type(day).__name__}", field="day")
         fallback = None if tier is None else parse_enum(Tier, tier, "tier")
         existing = await self.session.scalar(
-            select(_day.budget_microdollars).where(
-                _day.clerk_user_id == clerk_user_id, _day.day == day
+            select(tables.budget_days.c.budget_microdollars).where(
+                tables.budget_days.c.clerk_user_id == clerk_user_id, tables.budget_days.c.day == day
             )
         )
         if existing is not None:
             return int(existing)
         budget = await self._compute_budget(clerk_user_id, day, fallback)
         stmt = (
-            insert(BudgetDay)
+            insert(tables.budget_days)
             .values(clerk_user_id=clerk_user_id, day=day, budget_microdollars=budget)
             .on_conflict_do_update(
-                index_elements=[_day.clerk_user_id, _day.day],
+                index_elements=[tables.budget_days.c.clerk_user_id, tables.budget_days.c.day],
                 # A no-op update, so RETURNING yields the row a concurrent caller made.
-                set_={"budget_microdollars": _day.budget_microdollars},
+                set_={"budget_microdollars": tables.budget_days.c.budget_microdollars},
             )
-            .returning(_day.budget_microdollars)
+            .returning(tables.budget_days.c.budget_microdollars)
         )
         return int(await self.session.scalar(stmt) or 0)
 
@@ -381,9 +786,9 @@ class BudgetRepository:
         then the rows that are missing are created one by one."""
         users = sorted(require_text(u, "clerk_user_id") for u in tiers)
         rows = await self.session.execute(
-            select(_day.clerk_user_id, _day.budget_microdollars).where(
-                _day.clerk_user_id.in_(users), _day.day == day
-            )
+            select(
+                tables.budget_days.c.clerk_user_id, tables.budget_days.c.budget_microdollars
+            ).where(tables.budget_days.c.clerk_user_id.in_(users), tables.budget_days.c.day == day)
         )
         found = {user: int(budget) for user, budget in rows}
         for user in users:
@@ -408,7 +813,9 @@ class BudgetRepository:
         with translate_errors():
             # Locking the subscriber serialises top-ups of one user with each other.
             found = await self.session.scalar(
-                select(_us.id).where(_us.clerk_user_id == clerk_user_id).with_for_update()
+                select(tables.user_settings.c.id)
+                .where(tables.user_settings.c.clerk_user_id == clerk_user_id)
+                .with_for_update()
             )
             if found is None:
                 raise InvalidInput(
@@ -417,7 +824,7 @@ class BudgetRepository:
                 )
             await self.daily_budget(clerk_user_id, day)
             await self.session.execute(
-                insert(BudgetCredit).values(
+                insert(tables.budget_credits).values(
                     clerk_user_id=clerk_user_id,
                     amount_microdollars=amount,
                     budget_day=day,
@@ -426,10 +833,20 @@ class BudgetRepository:
             )
             row = (
                 await self.session.execute(
-                    update(_BUDGET_DAYS)
-                    .where(_day.clerk_user_id == clerk_user_id, _day.day == day)
-                    .values(budget_microdollars=saturating_add(_day.budget_microdollars, amount))
-                    .returning(_day.spent_microdollars, _day.budget_microdollars)
+                    update(tables.budget_days)
+                    .where(
+                        tables.budget_days.c.clerk_user_id == clerk_user_id,
+                        tables.budget_days.c.day == day,
+                    )
+                    .values(
+                        budget_microdollars=saturating_add(
+                            tables.budget_days.c.budget_microdollars, amount
+                        )
+                    )
+                    .returning(
+                        tables.budget_days.c.spent_microdollars,
+                        tables.budget_days.c.budget_microdollars,
+                    )
                 )
             ).one()
         return int(row.spent_microdollars), int(row.budget_microdollars)
@@ -439,7 +856,9 @@ class BudgetRepository:
         the day its last decision belongs to."""
         require_text(session_id, "session_id")
         found: date | None = await self.session.scalar(
-            select(func.max(_ev.budget_day)).where(_ev.session_id == session_id)
+            select(func.max(tables.agent_cost_events.c.budget_day)).where(
+                tables.agent_cost_events.c.session_id == session_id
+            )
         )
         return found
 
@@ -449,11 +868,19 @@ class BudgetRepository:
         """How many users have a row for ``day``, and the ``top`` biggest spenders on it
         as (clerk_user_id, spent, budget), biggest first."""
         require_int(top, "top", minimum=0, maximum=10_000)
-        users = await self.session.scalar(select(func.count()).where(_day.day == day))
+        users = await self.session.scalar(
+            select(func.count()).where(tables.budget_days.c.day == day)
+        )
         rows = await self.session.execute(
-            select(_day.clerk_user_id, _day.spent_microdollars, _day.budget_microdollars)
-            .where(_day.day == day)
-            .order_by(_day.spent_microdollars.desc(), _day.clerk_user_id)
+            select(
+                tables.budget_days.c.clerk_user_id,
+                tables.budget_days.c.spent_microdollars,
+                tables.budget_days.c.budget_microdollars,
+            )
+            .where(tables.budget_days.c.day == day)
+            .order_by(
+                tables.budget_days.c.spent_microdollars.desc(), tables.budget_days.c.clerk_user_id
+            )
             .limit(top)
         )
         return int(users or 0), [(user, int(spent), int(budget)) for user, spent, budget in rows]
@@ -462,8 +889,8 @@ class BudgetRepository:
         """What the user has spent on ``day`` so far (0 when there is no row)."""
         require_text(clerk_user_id, "clerk_user_id")
         value = await self.session.scalar(
-            select(_day.spent_microdollars).where(
-                _day.clerk_user_id == clerk_user_id, _day.day == day
+            select(tables.budget_days.c.spent_microdollars).where(
+                tables.budget_days.c.clerk_user_id == clerk_user_id, tables.budget_days.c.day == day
             )
         )
         return int(value or 0)

@@ -29,3 +29,32 @@ def saturating_add(
     """``column + amount`` as BIGINT, held at ``MAX_MICRODOLLARS`` instead of overflowing."""
     total = _numeric(column) + _numeric(amount)
     return cast(func.least(total, literal(MAX_MICRODOLLARS, Numeric())), BigInteger())
+
+
+def class_cost(
+    tokens: ColumnElement[Any] | int, per_mtok: ColumnElement[Any], divisor: ColumnElement[Any]
+) -> ColumnElement[Any]:
+    """SQL twin of one class of ``pricing.usage_cost``: ``tokens * price // divisor`` in
+    ``numeric`` (no BIGINT overflow on the way), floored (``div`` truncates, and every
+    figure is non-negative)."""
+    return func.div(_numeric(tokens) * _numeric(per_mtok), divisor)
+
+
+def usage_cost(
+    pairs: list[tuple[ColumnElement[Any] | int, ColumnElement[Any]]], divisor: ColumnElement[Any]
+) -> ColumnElement[Any]:
+    """SQL twin of ``pricing.usage_cost``: each (tokens, price per Mtok) class priced and
+    floored on its own, then summed, as BIGINT. ``divisor`` is 1,000,000, or 2,000,000
+    for a batch (half of every class). NULL when a price is NULL (no price known)."""
+    total: ColumnElement[Any] | None = None
+    for tokens, per_mtok in pairs:
+        term = class_cost(tokens, per_mtok, divisor)
+        total = term if total is None else total + term
+    assert total is not None
+    return cast(total, BigInteger())
+
+
+def within_cap(total: ColumnElement[Any], budget: ColumnElement[Any]) -> ColumnElement[bool]:
+    """``total`` stays within 110 % of ``budget``: what a reservation may book up to (the
+    complement of ``stops``, for a non-zero budget; a zero budget admits only zero)."""
+    return _numeric(total) * 100 <= _numeric(budget) * STOP_ABOVE

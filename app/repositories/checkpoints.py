@@ -44,6 +44,7 @@ from app.repositories.checkpoint_codec import (
 from app.repositories.checkpoint_codec import rebuild as rebuild_history
 from app.repositories.checkpoint_sql import MetaRow
 from app.repositories.errors import translate_errors, translated
+from app.repositories.sql import core_connection
 from app.validation import INT_MAX, require_int, require_text
 
 #: Retention runs at most once every this many saves on the append path (it costs a
@@ -154,15 +155,7 @@ class CheckpointRepository:
         self.prune_every, self.row_cap = retention_trigger(self.keep_last, self.keyframe_every)
 
     async def _connection(self) -> AsyncConnection:
-        # Every statement here is Core over tables: run it on the session's connection
-        # (same transaction) and skip the ORM's per-execution bookkeeping. Pending ORM
-        # objects are flushed first, as Session.execute's autoflush would (and only
-        # then: a flush is a trip through the greenlet bridge even when it has nothing
-        # to do).
-        session = self.session
-        if session.new or session.dirty or session.deleted:
-            await session.flush()
-        return await session.connection()
+        return await core_connection(self.session)
 
     async def _read(self, statement: Any, params: dict[str, Any]) -> builtins.list[MetaRow]:
         """The rows of a read-only statement.

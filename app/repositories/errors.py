@@ -82,10 +82,14 @@ def _translating(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
 
     @functools.wraps(method)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        bound = signature.bind_partial(*args, **kwargs).arguments
-        session_id = bound.get("session_id")
-        with translate_errors(session_id=session_id if isinstance(session_id, str) else None):
+        try:
             return await method(*args, **kwargs)
+        except (DBAPIError, OSError):
+            # Binding the arguments costs more than the call's own Python work on the
+            # hot paths, so the session id is looked up only when there is an error.
+            session_id = signature.bind_partial(*args, **kwargs).arguments.get("session_id")
+            with translate_errors(session_id=session_id if isinstance(session_id, str) else None):
+                raise
 
     return call
 

@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.budget import policy
 from app.db.models import AgentEvent, AgentSession
+from app.db.tables import agent_events
 from app.domain import Decision, EventType
 from app.repositories.errors import translate_errors, translated
-
-_e = AgentEvent.__table__.c
+from app.repositories.sql import claim_due
 
 #: The thresholds a user's day can cross, in percent, and the decision that first
 #: reaches each one: a rule lives in one place (``policy.decide``).
@@ -154,8 +154,8 @@ class EventRepository:
         stmt = (
             insert(AgentEvent)
             .values(rows)
-            .on_conflict_do_nothing(index_elements=[_e.dedup_key])
-            .returning(_e.id)
+            .on_conflict_do_nothing(index_elements=[agent_events.c.dedup_key])
+            .returning(agent_events.c.id)
         )
         with translate_errors():
             return len((await self.session.execute(stmt)).all())
@@ -163,28 +163,28 @@ class EventRepository:
     async def claim(self, *, lease: timedelta, limit: int) -> list[ClaimedEvent]:
         """Book up to ``limit`` due, undelivered events, oldest first, for ``lease``: the
         attempt counts now, so a deliverer that dies leaves the event due again later."""
-        due = (
-            select(_e.id)
-            .where(_e.delivered_at.is_(None), _e.next_attempt_at <= func.now())
-            .order_by(_e.next_attempt_at, _e.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(AgentEvent)
-            .where(_e.id.in_(due.scalar_subquery()))
-            .values(next_attempt_at=func.now() + _LEASE, attempts=_e.attempts + 1)
-            .returning(
-                _e.id,
-                _e.event_id,
-                _e.type,
-                _e.dedup_key,
-                _e.clerk_user_id,
-                _e.session_id,
-                _e.payload,
-                _e.attempts,
-                _e.created_at,
-            )
+        stmt = claim_due(
+            AgentEvent,
+            due=[
+                agent_events.c.delivered_at.is_(None),
+                agent_events.c.next_attempt_at <= func.now(),
+            ],
+            order_by=[agent_events.c.next_attempt_at, agent_events.c.id],
+            limit=limit,
+            values={
+                "next_attempt_at": func.now() + _LEASE,
+                "attempts": agent_events.c.attempts + 1,
+            },
+        ).returning(
+            agent_events.c.id,
+            agent_events.c.event_id,
+            agent_events.c.type,
+            agent_events.c.dedup_key,
+            agent_events.c.clerk_user_id,
+            agent_events.c.session_id,
+            agent_events.c.payload,
+            agent_events.c.attempts,
+            agent_events.c.created_at,
         )
         with translate_errors():
             rows = (await self.session.execute(stmt, {"p_lease": lease})).all()
@@ -210,9 +210,9 @@ class EventRepository:
             return 0
         stmt = (
             update(AgentEvent)
-            .where(_e.id.in_(list(ids)), _e.delivered_at.is_(None))
+            .where(agent_events.c.id.in_(list(ids)), agent_events.c.delivered_at.is_(None))
             .values(delivered_at=func.now(), last_error=None)
-            .returning(_e.id)
+            .returning(agent_events.c.id)
         )
         with translate_errors():
             return len((await self.session.execute(stmt)).all())
@@ -224,9 +224,13 @@ class EventRepository:
         attempt ``attempts`` may reschedule (a later claim's lease stands)."""
         stmt = (
             update(AgentEvent)
-            .where(_e.id == event_id, _e.attempts == attempts, _e.delivered_at.is_(None))
+            .where(
+                agent_events.c.id == event_id,
+                agent_events.c.attempts == attempts,
+                agent_events.c.delivered_at.is_(None),
+            )
             .values(next_attempt_at=func.now() + _DELAY, last_error=error[:2000])
-            .returning(_e.id)
+            .returning(agent_events.c.id)
         )
         with translate_errors():
             found = (await self.session.execute(stmt, {"p_delay": delay})).first()
@@ -238,8 +242,10 @@ class EventRepository:
             await self.session.execute(
                 select(
                     func.count(),
-                    func.coalesce(func.extract("epoch", func.now() - func.min(_e.created_at)), 0),
-                ).where(_e.delivered_at.is_(None))
+                    func.coalesce(
+                        func.extract("epoch", func.now() - func.min(agent_events.c.created_at)), 0
+                    ),
+                ).where(agent_events.c.delivered_at.is_(None))
             )
         ).one()
         return int(row[0]), float(row[1])
@@ -248,8 +254,10 @@ class EventRepository:
         """Seconds until the next undelivered event is due (0 if one is), None if none."""
         value = await self.session.scalar(
             select(
-                func.greatest(0, func.extract("epoch", func.min(_e.next_attempt_at) - func.now()))
-            ).where(_e.delivered_at.is_(None))
+                func.greatest(
+                    0, func.extract("epoch", func.min(agent_events.c.next_attempt_at) - func.now())
+                )
+            ).where(agent_events.c.delivered_at.is_(None))
         )
         return None if value is None else float(value)
 

@@ -29,24 +29,23 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import AgentCostEvent, AgentSession
+from app.db.models import AgentSession
+from app.db.tables import agent_cost_events, agent_sessions
 from app.domain import SessionNotFound, SessionStatus, StaleRunner
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sessions import owed_resume
-from app.repositories.sql import given_rows
+from app.repositories.sql import claim_due, given_rows
 from app.validation import require_int, require_text
 
-_s = AgentSession.__table__.c
-_events = AgentCostEvent.__table__.c
 _WORKING: Final = SessionStatus.WORKING.value
 _LEASE = bindparam("p_lease", type_=Interval)
 
 
 def _due() -> list[ColumnElement[bool]]:
     return [
-        _s.status == _WORKING,
-        _s.resume_due_at <= func.now(),
-        _s.resume_parked_at.is_(None),
+        agent_sessions.c.status == _WORKING,
+        agent_sessions.c.resume_due_at <= func.now(),
+        agent_sessions.c.resume_parked_at.is_(None),
     ]
 
 
@@ -72,37 +71,31 @@ class ResumeRepository:
         attempt on each (``SKIP LOCKED``: concurrent workers get disjoint sets)."""
         require_int(limit, "limit", minimum=1, maximum=10_000)
         require_int(max_attempts, "max_attempts", minimum=1)
-        due = (
-            select(_s.id)
-            .where(*_due(), _s.resume_attempts < max_attempts)
-            .order_by(_s.resume_due_at, _s.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(AgentSession)
-            .where(_s.id.in_(due.scalar_subquery()))
-            .values(
-                resume_due_at=func.now() + _LEASE,
-                resume_attempts=_s.resume_attempts + 1,
-                last_seen_at=func.now(),
-            )
-            .returning(AgentSession)
-        )
+        stmt = claim_due(
+            AgentSession,
+            due=[*_due(), agent_sessions.c.resume_attempts < max_attempts],
+            order_by=[agent_sessions.c.resume_due_at, agent_sessions.c.id],
+            limit=limit,
+            values={
+                "resume_due_at": func.now() + _LEASE,
+                "resume_attempts": agent_sessions.c.resume_attempts + 1,
+                "last_seen_at": func.now(),
+            },
+        ).returning(AgentSession)
         return await self._sessions(stmt, {"p_lease": lease})
 
     async def park_exhausted(self, *, max_attempts: int, limit: int = 100) -> list[AgentSession]:
         """Park due deliveries that used up their attempts: nobody will try them again
         until an operator redelivers them."""
         exhausted = (
-            select(_s.id)
-            .where(*_due(), _s.resume_attempts >= max_attempts)
+            select(agent_sessions.c.id)
+            .where(*_due(), agent_sessions.c.resume_attempts >= max_attempts)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
         stmt = (
             update(AgentSession)
-            .where(_s.id.in_(exhausted.scalar_subquery()))
+            .where(agent_sessions.c.id.in_(exhausted.scalar_subquery()))
             .values(resume_parked_at=func.now(), resume_due_at=None)
             .returning(AgentSession)
         )
@@ -115,15 +108,21 @@ class ResumeRepository:
         acknowledgement, a heartbeat, a checkpoint or a charge) for ``runner_timeout``:
         a new token fences off the runner that vanished, and a resume is owed at once."""
         cutoff = func.now() - bindparam("p_timeout", runner_timeout, type_=Interval)
-        charged_since = exists().where(_events.session_id == _s.id, _events.created_at >= cutoff)
+        charged_since = exists().where(
+            agent_cost_events.c.session_id == agent_sessions.c.id,
+            agent_cost_events.c.created_at >= cutoff,
+        )
         silent = (
-            select(_s.id)
+            select(agent_sessions.c.id)
             .where(
-                _s.status == _WORKING,
-                _s.resume_due_at.is_(None),
-                _s.resume_parked_at.is_(None),
-                _s.last_seen_at < cutoff,
-                or_(_s.last_checkpoint_at.is_(None), _s.last_checkpoint_at < cutoff),
+                agent_sessions.c.status == _WORKING,
+                agent_sessions.c.resume_due_at.is_(None),
+                agent_sessions.c.resume_parked_at.is_(None),
+                agent_sessions.c.last_seen_at < cutoff,
+                or_(
+                    agent_sessions.c.last_checkpoint_at.is_(None),
+                    agent_sessions.c.last_checkpoint_at < cutoff,
+                ),
                 ~charged_since,
             )
             .limit(limit)
@@ -131,7 +130,7 @@ class ResumeRepository:
         )
         stmt = (
             update(AgentSession)
-            .where(_s.id.in_(silent.scalar_subquery()))
+            .where(agent_sessions.c.id.in_(silent.scalar_subquery()))
             .values(**owed_resume())
             .returning(AgentSession)
         )
@@ -146,12 +145,12 @@ class ResumeRepository:
         stmt = (
             update(AgentSession)
             .where(
-                _s.id == given.c.id,
-                _s.resume_token == given.c.token,
-                _s.resume_due_at.is_not(None),
+                agent_sessions.c.id == given.c.id,
+                agent_sessions.c.resume_token == given.c.token,
+                agent_sessions.c.resume_due_at.is_not(None),
             )
             .values(**values)
-            .returning(_s.id)
+            .returning(agent_sessions.c.id)
         )
         with translate_errors():
             moved = await self.session.scalars(
@@ -191,14 +190,19 @@ class ResumeRepository:
         require_text(token, "resume_token")
         stmt = (
             update(AgentSession)
-            .where(_s.id == session_id, _s.resume_token == token)
+            .where(agent_sessions.c.id == session_id, agent_sessions.c.resume_token == token)
             .values(last_seen_at=func.now())
-            .returning(_s.id)
+            .returning(agent_sessions.c.id)
         )
         with translate_errors(session_id=session_id):
             if await self.session.scalar(stmt) is not None:
                 return
-            if await self.session.scalar(select(_s.id).where(_s.id == session_id)) is None:
+            if (
+                await self.session.scalar(
+                    select(agent_sessions.c.id).where(agent_sessions.c.id == session_id)
+                )
+                is None
+            ):
                 raise SessionNotFound(session_id)
         raise StaleRunner(session_id, token)
 
@@ -209,7 +213,7 @@ class ResumeRepository:
         require_text(session_id, "session_id")
         stmt = (
             update(AgentSession)
-            .where(_s.id == session_id, _s.status == _WORKING)
+            .where(agent_sessions.c.id == session_id, agent_sessions.c.status == _WORKING)
             .values(resume_due_at=func.now(), resume_attempts=0, resume_parked_at=None)
             .returning(AgentSession)
         )
@@ -223,17 +227,20 @@ class ResumeRepository:
         stmt = (
             select(AgentSession)
             .where(
-                _s.status == _WORKING,
+                agent_sessions.c.status == _WORKING,
                 or_(
-                    _s.resume_parked_at.is_not(None),
+                    agent_sessions.c.resume_parked_at.is_not(None),
                     and_(
-                        _s.resume_due_at.is_not(None),
-                        _s.resume_due_at
+                        agent_sessions.c.resume_due_at.is_not(None),
+                        agent_sessions.c.resume_due_at
                         < func.now() - bindparam("p_overdue", overdue, type_=Interval),
                     ),
                 ),
             )
-            .order_by(func.coalesce(_s.resume_parked_at, _s.resume_due_at), _s.id)
+            .order_by(
+                func.coalesce(agent_sessions.c.resume_parked_at, agent_sessions.c.resume_due_at),
+                agent_sessions.c.id,
+            )
             .limit(limit)
         )
         return await self._sessions(stmt, {})
@@ -242,10 +249,12 @@ class ResumeRepository:
         """Seconds until the earliest owed delivery falls due (negative: overdue), on
         the database clock; None when nothing is owed."""
         seconds = await self.session.scalar(
-            select(func.extract("epoch", func.min(_s.resume_due_at) - func.now())).where(
-                _s.status == _WORKING,
-                _s.resume_due_at.is_not(None),
-                _s.resume_parked_at.is_(None),
+            select(
+                func.extract("epoch", func.min(agent_sessions.c.resume_due_at) - func.now())
+            ).where(
+                agent_sessions.c.status == _WORKING,
+                agent_sessions.c.resume_due_at.is_not(None),
+                agent_sessions.c.resume_parked_at.is_(None),
             )
         )
         return None if seconds is None else float(seconds)
@@ -254,7 +263,10 @@ class ResumeRepository:
         """How many sessions are parked (a gauge)."""
         return int(
             await self.session.scalar(
-                select(func.count()).where(_s.status == _WORKING, _s.resume_parked_at.is_not(None))
+                select(func.count()).where(
+                    agent_sessions.c.status == _WORKING,
+                    agent_sessions.c.resume_parked_at.is_not(None),
+                )
             )
             or 0
         )

@@ -28,7 +28,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clock import utc_now
-from app.db.models import AgentCheckpoint, AgentSession, BudgetDay
+from app.db.models import AgentSession
+from app.db.tables import agent_checkpoints, agent_sessions, budget_days
 from app.domain import (
     ALLOWED_SOURCES,
     InvalidInput,
@@ -57,9 +58,6 @@ WAKE_CHANNEL: Final = "agent_wake"
 # NOTIFY payloads must stay under 8000 bytes; ids are at most 255 characters.
 _NOTIFY_BATCH: Final = 25
 
-_columns = AgentSession.__table__.c
-_budget_days = BudgetDay.__table__
-_checkpoints = AgentCheckpoint.__table__
 
 #: A fresh fencing token, made by the server inside the statement that needs it.
 NEW_RESUME_TOKEN: Final = func.replace(func.cast(func.gen_random_uuid(), String), "-", "")
@@ -106,7 +104,7 @@ def _build_transition(target: SessionStatus) -> Any:
     ``completed_at``."""
     values: dict[str, Any] = {
         "status": target.value,
-        "version": _columns.version + 1,
+        "version": agent_sessions.c.version + 1,
         "wake_at": (
             bindparam("p_wake_at", type_=DateTime(timezone=True))
             if target is SessionStatus.SLEEPING
@@ -120,8 +118,8 @@ def _build_transition(target: SessionStatus) -> Any:
     return (
         update(AgentSession)
         .where(
-            _columns.id == bindparam("p_id", type_=String),
-            _columns.status == func.any(bindparam("p_sources", type_=ARRAY(String))),
+            agent_sessions.c.id == bindparam("p_id", type_=String),
+            agent_sessions.c.status == func.any(bindparam("p_sources", type_=ARRAY(String))),
         )
         .values(**values)
         .returning(AgentSession)
@@ -164,7 +162,7 @@ class SessionRepository:
         stmt = (
             insert(AgentSession)
             .values(**values, resume_token=NEW_RESUME_TOKEN)
-            .on_conflict_do_nothing(index_elements=[_columns.id])
+            .on_conflict_do_nothing(index_elements=[agent_sessions.c.id])
             .returning(AgentSession)
         )
         with translate_errors(session_id=id):
@@ -183,7 +181,7 @@ class SessionRepository:
     async def get_or_none(self, session_id: str) -> AgentSession | None:
         """The session, freshly read, or None."""
         require_text(session_id, "session_id")
-        stmt = select(AgentSession).where(_columns.id == session_id)
+        stmt = select(AgentSession).where(agent_sessions.c.id == session_id)
         result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
         return result.one_or_none()
 
@@ -193,7 +191,7 @@ class SessionRepository:
         it locks in the order the wake path does: the session, then the budget day."""
         require_text(session_id, "session_id")
         found = await self.session.scalar(
-            select(_columns.id).where(_columns.id == session_id).with_for_update()
+            select(agent_sessions.c.id).where(agent_sessions.c.id == session_id).with_for_update()
         )
         return found is not None
 
@@ -233,7 +231,7 @@ class SessionRepository:
             return moved
         # Failure path only: say why, from what the row holds now.
         current = await self.session.scalar(
-            select(_columns.status).where(_columns.id == session_id)
+            select(agent_sessions.c.status).where(agent_sessions.c.id == session_id)
         )
         if current is None:
             raise SessionNotFound(session_id)
@@ -250,11 +248,12 @@ class SessionRepository:
         require_money(microdollars, "microdollars")
         stmt = (
             update(AgentSession)
-            .where(_columns.id == session_id)
+            .where(agent_sessions.c.id == session_id)
             .values(
-                cumulative_cost_microdollars=_columns.cumulative_cost_microdollars + microdollars
+                cumulative_cost_microdollars=agent_sessions.c.cumulative_cost_microdollars
+                + microdollars
             )
-            .returning(_columns.cumulative_cost_microdollars)
+            .returning(agent_sessions.c.cumulative_cost_microdollars)
         )
         with translate_errors(session_id=session_id):
             total = await self.session.scalar(
@@ -281,11 +280,14 @@ class SessionRepository:
         given = given_rows("given", id=(ids, String()), budget=(amounts, BigInteger()))
         stmt = (
             update(AgentSession)
-            .where(_columns.id == given.c.id, _columns.status == SessionStatus.SLEEPING.value)
+            .where(
+                agent_sessions.c.id == given.c.id,
+                agent_sessions.c.status == SessionStatus.SLEEPING.value,
+            )
             .values(
                 status=SessionStatus.WORKING.value,
                 wake_at=None,
-                version=_columns.version + 1,
+                version=agent_sessions.c.version + 1,
                 daily_budget_microdollars=given.c.budget,
                 wake_failures=0,
                 **(
@@ -308,7 +310,10 @@ class SessionRepository:
         budget = require_money(daily_budget_microdollars, "daily_budget_microdollars")
         stmt = (
             update(AgentSession)
-            .where(_columns.id == session_id, _columns.status == SessionStatus.WORKING.value)
+            .where(
+                agent_sessions.c.id == session_id,
+                agent_sessions.c.status == SessionStatus.WORKING.value,
+            )
             .values(daily_budget_microdollars=budget)
             .returning(AgentSession)
         )
@@ -330,11 +335,11 @@ class SessionRepository:
         stmt = (
             select(AgentSession)
             .where(
-                _columns.status == SessionStatus.SLEEPING.value,
-                _columns.wake_at <= now,
-                _columns.id.not_in(list(exclude)) if exclude else true(),
+                agent_sessions.c.status == SessionStatus.SLEEPING.value,
+                agent_sessions.c.wake_at <= now,
+                agent_sessions.c.id.not_in(list(exclude)) if exclude else true(),
             )
-            .order_by(_columns.wake_at, _columns.id)
+            .order_by(agent_sessions.c.wake_at, agent_sessions.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
@@ -351,9 +356,12 @@ class SessionRepository:
         given = given_rows("given", id=(ids, String()), at=(at, DateTime(timezone=True)))
         stmt = (
             update(AgentSession)
-            .where(_columns.id == given.c.id, _columns.status == SessionStatus.SLEEPING.value)
-            .values(wake_at=given.c.at, wake_failures=_columns.wake_failures + 1)
-            .returning(_columns.id)
+            .where(
+                agent_sessions.c.id == given.c.id,
+                agent_sessions.c.status == SessionStatus.SLEEPING.value,
+            )
+            .values(wake_at=given.c.at, wake_failures=agent_sessions.c.wake_failures + 1)
+            .returning(agent_sessions.c.id)
         )
         with translate_errors():
             moved = list(
@@ -364,8 +372,8 @@ class SessionRepository:
     async def next_wake_at(self) -> datetime | None:
         """The earliest ``wake_at`` of any sleeping session (uses the partial index)."""
         earliest: datetime | None = await self.session.scalar(
-            select(func.min(_columns.wake_at)).where(
-                _columns.status == SessionStatus.SLEEPING.value
+            select(func.min(agent_sessions.c.wake_at)).where(
+                agent_sessions.c.status == SessionStatus.SLEEPING.value
             )
         )
         return earliest
@@ -375,8 +383,9 @@ class SessionRepository:
         require_aware(now, "now")
         count, oldest = (
             await self.session.execute(
-                select(func.count(), func.min(_columns.wake_at)).where(
-                    _columns.status == SessionStatus.SLEEPING.value, _columns.wake_at <= now
+                select(func.count(), func.min(agent_sessions.c.wake_at)).where(
+                    agent_sessions.c.status == SessionStatus.SLEEPING.value,
+                    agent_sessions.c.wake_at <= now,
                 )
             )
         ).one()
@@ -395,37 +404,39 @@ class SessionRepository:
         require_aware(wake_at, "wake_at")
         silent_since = func.now() - silent_for
         over = self._working_over_budget(
-            day, _budget_days.c.spent_microdollars >= _budget_days.c.budget_microdollars
+            day, budget_days.c.spent_microdollars >= budget_days.c.budget_microdollars
         )
         victims = (
             over.where(
-                func.coalesce(_columns.last_checkpoint_at, _columns.started_at) < silent_since
+                func.coalesce(agent_sessions.c.last_checkpoint_at, agent_sessions.c.started_at)
+                < silent_since
             )
             .limit(limit)
             .with_for_update(of=AgentSession, skip_locked=True)
         )
-        stmt = (
-            update(AgentSession)
-            .where(_columns.id.in_(victims), _columns.status == SessionStatus.WORKING.value)
-            .values(
-                status=SessionStatus.SLEEPING.value, wake_at=wake_at, version=_columns.version + 1
-            )
-            .returning(AgentSession)
+        return await self._move_working(
+            victims, status=SessionStatus.SLEEPING.value, wake_at=wake_at
         )
-        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
-        return list(result)
 
     async def stop_over_budget(self, *, day: date, limit: int = 100) -> list[AgentSession]:
         """Move working sessions whose user is above 110 % of ``day``'s budget to
         ``budget_exceeded`` (BDGT-07), in one guarded UPDATE."""
         over = self._working_over_budget(
-            day, stops(_budget_days.c.spent_microdollars, _budget_days.c.budget_microdollars)
+            day, stops(budget_days.c.spent_microdollars, budget_days.c.budget_microdollars)
         )
         victims = over.limit(limit).with_for_update(of=AgentSession, skip_locked=True)
+        return await self._move_working(victims, status=SessionStatus.BUDGET_EXCEEDED.value)
+
+    async def _move_working(self, victims: Select[tuple[str]], **values: Any) -> list[AgentSession]:
+        """One guarded UPDATE of the locked ``victims`` still working: ``values`` and a
+        new version, returning the moved sessions."""
         stmt = (
             update(AgentSession)
-            .where(_columns.id.in_(victims), _columns.status == SessionStatus.WORKING.value)
-            .values(status=SessionStatus.BUDGET_EXCEEDED.value, version=_columns.version + 1)
+            .where(
+                agent_sessions.c.id.in_(victims),
+                agent_sessions.c.status == SessionStatus.WORKING.value,
+            )
+            .values(version=agent_sessions.c.version + 1, **values)
             .returning(AgentSession)
         )
         result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
@@ -436,23 +447,23 @@ class SessionRepository:
         # A user who has a row for a later day has left ``day`` behind: a worker woke a
         # session for the new day, a session started on it, or a charge was booked to
         # it. Nothing is then done on the strength of ``day`` (DESIGN.md §6b, midnight).
-        later = _budget_days.alias("later")
+        later = budget_days.alias("later")
         moved_on = exists(
             select(later.c.day).where(
-                later.c.clerk_user_id == _columns.clerk_user_id, later.c.day > day
+                later.c.clerk_user_id == agent_sessions.c.clerk_user_id, later.c.day > day
             )
         )
         return (
-            select(_columns.id)
+            select(agent_sessions.c.id)
             .join(
-                _budget_days,
+                budget_days,
                 and_(
-                    _budget_days.c.clerk_user_id == _columns.clerk_user_id,
-                    _budget_days.c.day == day,
+                    budget_days.c.clerk_user_id == agent_sessions.c.clerk_user_id,
+                    budget_days.c.day == day,
                 ),
             )
-            .where(_columns.status == SessionStatus.WORKING.value, condition, ~moved_on)
-            .order_by(_columns.id)
+            .where(agent_sessions.c.status == SessionStatus.WORKING.value, condition, ~moved_on)
+            .order_by(agent_sessions.c.id)
         )
 
     async def resume_within_budget(self, *, clerk_user_id: str, day: date) -> list[AgentSession]:
@@ -461,24 +472,24 @@ class SessionRepository:
         over would be stopped again by its next charge, so it stays stopped."""
         require_text(clerk_user_id, "clerk_user_id")
         row = (
-            select(_budget_days.c.budget_microdollars)
+            select(budget_days.c.budget_microdollars)
             .where(
-                _budget_days.c.clerk_user_id == clerk_user_id,
-                _budget_days.c.day == day,
-                _budget_days.c.spent_microdollars < _budget_days.c.budget_microdollars,
+                budget_days.c.clerk_user_id == clerk_user_id,
+                budget_days.c.day == day,
+                budget_days.c.spent_microdollars < budget_days.c.budget_microdollars,
             )
             .scalar_subquery()
         )
         stmt = (
             update(AgentSession)
             .where(
-                _columns.clerk_user_id == clerk_user_id,
-                _columns.status == SessionStatus.BUDGET_EXCEEDED.value,
+                agent_sessions.c.clerk_user_id == clerk_user_id,
+                agent_sessions.c.status == SessionStatus.BUDGET_EXCEEDED.value,
                 row.is_not(None),
             )
             .values(
                 status=SessionStatus.WORKING.value,
-                version=_columns.version + 1,
+                version=agent_sessions.c.version + 1,
                 daily_budget_microdollars=row,
                 **owed_resume(),
             )
@@ -504,17 +515,17 @@ class SessionRepository:
         if (session_id is None) == (clerk_user_id is None):
             raise InvalidInput("give exactly one of session_id or clerk_user_id")
         if session_id is not None:
-            match = _columns.id == require_text(session_id, "session_id")
+            match = agent_sessions.c.id == require_text(session_id, "session_id")
         else:
-            match = _columns.clerk_user_id == require_text(clerk_user_id, "clerk_user_id")
+            match = agent_sessions.c.clerk_user_id == require_text(clerk_user_id, "clerk_user_id")
         # The workers compare wake_at with their own clock, never the database's now():
         # a top-up must be due on that clock whatever the two disagree by.
         due = utc_now() if now is None else require_aware(now, "now")
         stmt = (
             update(AgentSession)
-            .where(match, _columns.status == SessionStatus.SLEEPING.value)
-            .values(wake_at=func.least(_columns.wake_at, due))
-            .returning(_columns.id)
+            .where(match, agent_sessions.c.status == SessionStatus.SLEEPING.value)
+            .values(wake_at=func.least(agent_sessions.c.wake_at, due))
+            .returning(agent_sessions.c.id)
         )
         ids = list(
             await self.session.scalars(stmt, execution_options={"synchronize_session": False})
@@ -532,12 +543,12 @@ class SessionRepository:
     def _with_latest_meta(self) -> Select[Any]:
         latest = (
             select(
-                _checkpoints.c.iteration_number,
-                _checkpoints.c.current_phase,
-                _checkpoints.c.sandbox_id,
+                agent_checkpoints.c.iteration_number,
+                agent_checkpoints.c.current_phase,
+                agent_checkpoints.c.sandbox_id,
             )
-            .where(_checkpoints.c.session_id == _columns.id)
-            .order_by(_checkpoints.c.iteration_number.desc())
+            .where(agent_checkpoints.c.session_id == agent_sessions.c.id)
+            .order_by(agent_checkpoints.c.iteration_number.desc())
             .limit(1)
             .lateral("latest")
         )
@@ -558,7 +569,9 @@ class SessionRepository:
         """The sessions with their latest checkpoint's metadata, in one query."""
         ids = [require_text(sid, "session_id") for sid in session_ids]
         return await self._snapshot_rows(
-            self._with_latest_meta().where(_columns.id.in_(ids)).order_by(_columns.id)
+            self._with_latest_meta()
+            .where(agent_sessions.c.id.in_(ids))
+            .order_by(agent_sessions.c.id)
         )
 
     async def changed_since(
@@ -578,11 +591,13 @@ class SessionRepository:
             if since is None
             else require_aware(since, "since")
         )
-        stmt = self._with_latest_meta().where(_columns.changed_at > floor)
+        stmt = self._with_latest_meta().where(agent_sessions.c.changed_at > floor)
         if after is not None:
-            stmt = stmt.where(tuple_(_columns.changed_at, _columns.id) > tuple_(*after))
+            stmt = stmt.where(
+                tuple_(agent_sessions.c.changed_at, agent_sessions.c.id) > tuple_(*after)
+            )
         return await self._snapshot_rows(
-            stmt.order_by(_columns.changed_at, _columns.id).limit(limit)
+            stmt.order_by(agent_sessions.c.changed_at, agent_sessions.c.id).limit(limit)
         )
 
     async def list_by_status(
@@ -595,16 +610,16 @@ class SessionRepository:
         """One page of sessions in ``status`` ordered by id; pass the last id as ``after_id``."""
         wanted = parse_enum(SessionStatus, status, "status")
         require_int(limit, "limit", minimum=1, maximum=10_000)
-        stmt = select(AgentSession).where(_columns.status == wanted.value)
+        stmt = select(AgentSession).where(agent_sessions.c.status == wanted.value)
         if after_id is not None:
-            stmt = stmt.where(_columns.id > require_text(after_id, "after_id"))
-        stmt = stmt.order_by(_columns.id).limit(limit)
+            stmt = stmt.where(agent_sessions.c.id > require_text(after_id, "after_id"))
+        stmt = stmt.order_by(agent_sessions.c.id).limit(limit)
         return list(await self.session.scalars(stmt))
 
     async def count_by_status(self) -> dict[SessionStatus, int]:
         """How many sessions are in each status (zero included)."""
         rows = await self.session.execute(
-            select(_columns.status, func.count()).group_by(_columns.status)
+            select(agent_sessions.c.status, func.count()).group_by(agent_sessions.c.status)
         )
         counts = dict.fromkeys(SessionStatus, 0)
         for status, n in rows:

@@ -18,6 +18,10 @@ from tests.integration.helpers import OPUS, SONNET, Factory, make_session
 from tests.integration.money import add_user
 
 NOW = datetime(2026, 11, 26, 15, 0, tzinfo=UTC)
+# Models of these tests only, priced by the settings' fallback (the prices table has no
+# row for them): round figures that are easy to check by hand.
+ONE = "test-one-per-token"
+FIVE = "test-five-per-token"
 TODAY = NOW.date()
 
 
@@ -27,8 +31,8 @@ def settings() -> Settings:
     return Settings(
         _env_file=None,
         model_prices={
-            SONNET: ModelPrice(input_per_mtok=1_000_000, output_per_mtok=1_000_000),
-            OPUS: ModelPrice(input_per_mtok=5_000_000, output_per_mtok=5_000_000),
+            ONE: ModelPrice(input_per_mtok=1_000_000, output_per_mtok=1_000_000),
+            FIVE: ModelPrice(input_per_mtok=5_000_000, output_per_mtok=5_000_000),
         },
         tier_allowance_partner=300_000,
     )
@@ -42,7 +46,7 @@ async def _charge(
     *,
     session_id: str = "s-1",
     now: datetime = NOW,
-    model: str = SONNET,
+    model: str = ONE,
 ) -> object:
     async with factory.begin() as s:
         return await BudgetRepository(s, settings).charge(
@@ -94,7 +98,7 @@ async def test_charge_records_the_call_and_returns_the_decision(
         ev = (await s.scalars(select(AgentCostEvent))).one()
         assert (ev.request_id, ev.model, ev.input_tokens, ev.cost_microdollars) == (
             "req-1",
-            SONNET,
+            ONE,
             1_000,
             1_000,
         )
@@ -127,7 +131,7 @@ async def test_common_charge_is_one_statement(session_factory: Factory, settings
         event.listen(sync_engine, "before_cursor_execute", record)
         try:
             await BudgetRepository(s, settings).charge(
-                session_id="s-1", request_id="second", model=SONNET,
+                session_id="s-1", request_id="second", model=ONE,
                 input_tokens=1, output_tokens=1, now=NOW,
             )  # fmt: skip
         finally:
@@ -151,7 +155,7 @@ async def test_fifty_concurrent_duplicates_count_once(
             await s.connection()
             await start.wait()
             return await BudgetRepository(s, settings).charge(
-                session_id="s-1", request_id="same", model=SONNET,
+                session_id="s-1", request_id="same", model=ONE,
                 input_tokens=700, output_tokens=0, now=NOW,
             )  # fmt: skip
 
@@ -214,7 +218,7 @@ async def test_concurrent_first_charges_of_a_day_make_one_row(
             await s.connection()
             await start.wait()
             await BudgetRepository(s, settings).charge(
-                session_id=f"s-{i}", request_id=f"r-{i}", model=SONNET,
+                session_id=f"s-{i}", request_id=f"r-{i}", model=ONE,
                 input_tokens=100, output_tokens=0, now=NOW,
             )  # fmt: skip
 
@@ -306,7 +310,7 @@ async def test_crossing_110_percent_stops_the_session_in_the_same_transaction(
         assert (await s.get_one(AgentSession, "s-1")).status == SessionStatus.WORKING
     async with session_factory.begin() as s:
         result = await BudgetRepository(s, settings).charge(
-            session_id="s-1", request_id="b", model=SONNET,
+            session_id="s-1", request_id="b", model=ONE,
             input_tokens=1, output_tokens=0, now=NOW,
         )  # fmt: skip
         # Inside the charge's own transaction the session has already moved.
@@ -369,7 +373,7 @@ async def test_bad_charges_raise_and_write_nothing(
 ) -> None:
     await make_session(session_factory)
     kwargs: dict[str, object] = {
-        "session_id": "s-1", "request_id": "r", "model": SONNET,
+        "session_id": "s-1", "request_id": "r", "model": ONE,
         "input_tokens": 10, "output_tokens": 10, "now": NOW,
     }  # fmt: skip
     kwargs[field] = value

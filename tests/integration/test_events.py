@@ -32,7 +32,8 @@ from app.settings import ModelPrice, Settings
 from app.webhooks import sign, verify
 from app.workers import metrics
 from app.workers.events import EventDeliverer
-from tests.integration.helpers import SONNET, Factory, eventually, make_session
+from tests.integration.helpers import Factory, eventually, make_session
+from tests.integration.money import ONE_PER_TOKEN
 from tests.webhook_server import WebhookServer
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -43,7 +44,9 @@ def make_settings(url: str | None = None) -> Settings:
     # 1 µ$ per token and a 10,000 µ$ day (300,000 / 30) for a partner without billing row.
     return Settings(
         _env_file=None,
-        model_prices={SONNET: ModelPrice(input_per_mtok=1_000_000, output_per_mtok=1_000_000)},
+        model_prices={
+            ONE_PER_TOKEN: ModelPrice(input_per_mtok=1_000_000, output_per_mtok=1_000_000)
+        },
         tier_allowance_partner=300_000,
         webhook_url=url,
         webhook_secret=SECRET,
@@ -79,7 +82,7 @@ async def spend(rt: Runtime, session_id: str, request_id: str, tokens: int) -> N
         rt,
         session_id=session_id,
         request_id=request_id,
-        model=SONNET,
+        model=ONE_PER_TOKEN,
         input_tokens=tokens,
         output_tokens=0,
         now=NOW,

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.budget.pricing import rates
 from app.db.engine import create_engine, create_session_factory
 from app.db.models import AgentCheckpoint, AgentCostEvent, AgentSession, BudgetDay
 from app.domain import DatabaseUnavailable, EventType, SessionNotFound, TransactionConflict
@@ -21,6 +22,7 @@ from app.repositories import (
     CheckpointRepository,
     EventRepository,
     NewEvent,
+    PriceRepository,
     ResumeRepository,
     RetentionRepository,
     SessionRepository,
@@ -37,6 +39,7 @@ REPOSITORIES = (
     CheckpointRepository,
     ResumeRepository,
     EventRepository,
+    PriceRepository,
     RetentionRepository,
 )
 
@@ -95,6 +98,26 @@ CALLS: dict[str, Call] = {
         input_tokens=1,
         output_tokens=1,
         now=NOW,
+    ),
+    "BudgetRepository.charge_usage": lambda s: BudgetRepository(s, SETTINGS).charge_usage(
+        session_id="s-1",
+        request_id="r-2",
+        model=SONNET,
+        usage={"input_tokens": 1, "output_tokens": 1, "cache_read_input_tokens": 5},
+        now=NOW,
+    ),
+    "BudgetRepository.reserve": lambda s: BudgetRepository(s, SETTINGS).reserve(
+        session_id="s-1",
+        request_id="r-3",
+        model=SONNET,
+        max_input_tokens=10,
+        max_output_tokens=10,
+        now=NOW,
+    ),
+    "PriceRepository.list": lambda s: PriceRepository(s).list(),
+    "PriceRepository.in_force": lambda s: PriceRepository(s).in_force(SONNET, at=NOW),
+    "PriceRepository.add": lambda s: PriceRepository(s).add(
+        model="test-errors-model", rates=rates(1, 1), effective_from=NOW, source="test"
     ),
     "BudgetRepository.daily_budget": lambda s: BudgetRepository(s, SETTINGS).daily_budget(
         "u", DAY, tier="partner"

@@ -18,12 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.engine import create_engine, create_session_factory
 from app.db.migrate import upgrade
 from app.db.models import AgentCheckpoint, AgentCostEvent, AgentSession, BudgetDay
-from app.lifecycle import RestoredSession
 from app.local_services import EmbeddedPostgres
 from app.repositories import BudgetRepository, CheckpointRepository, SessionRepository
 from app.session_store import RedisSessionStore
 from app.settings import SONNET, Settings
-from app.workers import WakeWorker
+from tests.fixtures import StartWorker
 from tests.integration.helpers import Factory
 
 SETTINGS = Settings(_env_file=None, wake_poll_interval=0.05, backoff_max_seconds=0.5)
@@ -78,7 +77,11 @@ Chaos = Callable[[Progress], Awaitable[None]]
 
 
 async def _workload(
-    factory: Factory, store: RedisSessionStore, chaos: Chaos, faults: int
+    factory: Factory,
+    store: RedisSessionStore,
+    start_worker: StartWorker,
+    chaos: Chaos,
+    faults: int,
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
     async with factory.begin() as s:
@@ -142,33 +145,24 @@ async def _workload(
             progress.done()
             n += 1
 
-    resumed: list[str] = []
-
-    def hook(restored: RestoredSession) -> None:
-        resumed.append(restored.session.id)
-
-    stop = asyncio.Event()
-    worker = WakeWorker(factory, store, SETTINGS, on_resume=hook, batch_size=3)
-    worker_task = asyncio.create_task(worker.run_forever(stop))
-    # The chaos returns by itself after its last fault, with the server up again.
-    await asyncio.gather(
-        chaos(progress), *(charger(i) for i in range(8)), *(saver(i) for i in range(8))
-    )
-    assert progress.faults >= faults
-
     async def count_sleeping() -> int:
         async with factory() as s:
             return int(
                 await s.scalar(select(func.count()).where(AgentSession.status == "sleeping")) or 0
             )
 
-    deadline = asyncio.get_running_loop().time() + RETRY_DEADLINE
-    while asyncio.get_running_loop().time() < deadline:
-        if not await retrying(count_sleeping):
-            break
-        await asyncio.sleep(0.05)
-    stop.set()
-    await worker_task
+    async with start_worker(factory, store, SETTINGS, batch_size=3) as running:
+        # The chaos returns by itself after its last fault, with the server up again.
+        await asyncio.gather(
+            chaos(progress), *(charger(i) for i in range(8)), *(saver(i) for i in range(8))
+        )
+        assert progress.faults >= faults
+        deadline = asyncio.get_running_loop().time() + RETRY_DEADLINE
+        while asyncio.get_running_loop().time() < deadline:
+            if not await retrying(count_sleeping):
+                break
+            await asyncio.sleep(0.05)
+    resumed = running.resumed
     # Pooled connections that the chaos killed are found dead only on use: the checks
     # start from a clean pool. Nothing is checked out now (a connection checked out
     # during dispose() would go back to the discarded pool and never be closed).
@@ -202,6 +196,7 @@ async def test_terminated_backends(
     session_factory: Factory,
     store: RedisSessionStore,
     engine: AsyncEngine,
+    running_worker: StartWorker,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     kills = 0
@@ -221,7 +216,7 @@ async def test_terminated_backends(
             kills += int(killed or 0)
             progress.faults += 1 if killed else 0
 
-    result = await _workload(session_factory, store, chaos, faults=20)
+    result = await _workload(session_factory, store, running_worker, chaos, faults=20)
     await _check(session_factory, result)
     assert kills >= 20, f"only {kills} backends were terminated"
     with capsys.disabled():
@@ -233,7 +228,10 @@ async def test_terminated_backends(
 
 @pytest.mark.timeout(600)
 async def test_server_restart(
-    server_dir: Path, store: RedisSessionStore, capsys: pytest.CaptureFixture[str]
+    server_dir: Path,
+    store: RedisSessionStore,
+    running_worker: StartWorker,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = EmbeddedPostgres(server_dir / "pg")
     try:
@@ -253,7 +251,7 @@ async def test_server_restart(
                 await asyncio.to_thread(server.start)  # returns once it accepts connections
                 progress.faults += 1
 
-        result = await _workload(factory, store, chaos, faults=3)
+        result = await _workload(factory, store, running_worker, chaos, faults=3)
         await _check(factory, result)
         with capsys.disabled():
             print(

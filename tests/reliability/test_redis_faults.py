@@ -12,12 +12,11 @@ from sqlalchemy import func, select
 
 from app.db.models import AgentSession
 from app.domain import SessionStoreUnavailable
-from app.lifecycle import RestoredSession
 from app.local_services import EmbeddedRedis
 from app.repositories import SessionRepository
 from app.session_store import RedisSessionStore
 from app.settings import SONNET, Settings
-from app.workers import BudgetDaemon, WakeWorker
+from tests.fixtures import StartWorker
 from tests.integration.helpers import Factory, eventually
 
 
@@ -47,7 +46,7 @@ async def mirrored(
 
 
 async def test_redis_stops_mid_run_and_keys_are_rebuilt(
-    session_factory: Factory, server_dir: Path
+    session_factory: Factory, server_dir: Path, running_worker: StartWorker
 ) -> None:
     redis_server = EmbeddedRedis(server_dir)
     await asyncio.to_thread(redis_server.start)
@@ -71,37 +70,27 @@ async def test_redis_stops_mid_run_and_keys_are_rebuilt(
                 # Half are due now, half a little later: some wakes happen while Redis is down.
                 due = now - timedelta(seconds=1) if i % 2 else now + timedelta(seconds=1)
                 await repo.transition(f"r-{i:02d}", "sleeping", expected="working", wake_at=due)
-        resumed: list[str] = []
 
-        def hook(restored: RestoredSession) -> None:
-            resumed.append(restored.session.id)
-
-        stop = asyncio.Event()
-        worker = WakeWorker(session_factory, store, settings, on_resume=hook, batch_size=5)
-        daemon = BudgetDaemon(session_factory, store, settings)
-        tasks = [
-            asyncio.create_task(worker.run_forever(stop)),
-            asyncio.create_task(daemon.run_forever(stop)),
-        ]
-        await asyncio.to_thread(redis_server.stop)  # Redis goes away mid-run
-
-        # The later half falls due while it is down: PostgreSQL wakes must not wait for it.
         async def all_awake() -> bool:
             return await count(session_factory, "sleeping") == 0
 
-        await eventually(all_awake)  # wakes do not wait for Redis
-        await asyncio.to_thread(redis_server.start)  # back, empty: it keeps nothing on disk
-        # Any process's next reconciliation pass rebuilds every key from PostgreSQL, the
-        # ones written before the outage (lost with that Redis) included.
-        expected = await versions(session_factory)
+        async with running_worker(
+            session_factory, store, settings, with_daemon=True, batch_size=5
+        ) as running:
+            await asyncio.to_thread(redis_server.stop)  # Redis goes away mid-run
+            # The later half falls due while it is down: PostgreSQL wakes must not wait.
+            await eventually(all_awake)
+            await asyncio.to_thread(redis_server.start)  # back, empty: it keeps nothing on disk
+            # Any process's next reconciliation pass rebuilds every key from PostgreSQL, the
+            # ones written before the outage (lost with that Redis) included.
+            expected = await versions(session_factory)
 
-        async def converged() -> bool:
-            return await mirrored(store, expected) == expected
+            async def converged() -> bool:
+                return await mirrored(store, expected) == expected
 
-        await eventually(converged)
-        stop.set()
-        await asyncio.gather(*tasks)
+            await eventually(converged)
         assert await mirrored(store, expected) == expected
+        resumed = running.resumed
         assert sorted(set(resumed)) == [f"r-{i:02d}" for i in range(60)]
     finally:
         await client.aclose()

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text
 from app.budget import policy
 from app.clock import VirtualClock
 from app.db.models import AgentCostEvent, AgentSession, BudgetDay
-from app.demo import Fleet, agent, on_resume, seed_users
+from app.demo.fleet import Fleet, agent, on_resume, seed_users
 from app.lifecycle import RestoredSession, Runtime
 from app.session_store import RedisSessionStore
 from app.settings import Settings

@@ -86,4 +86,4 @@ def test_only_lifecycle_opens_transactions_in_app() -> None:
         if ".begin()" in path.read_text()
         and name not in {"app.lifecycle", "app.db.migrate", "app.db.engine"}
     }
-    assert opened <= {"app.demo"}  # the demo's set-up and audit, on its own data
+    assert opened <= {"app.demo.fleet", "app.demo.audit"}  # seeding and auditing its own data

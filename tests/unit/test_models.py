@@ -51,9 +51,10 @@ def test_money_columns_are_bigint() -> None:
         c
         for table in Base.metadata.tables.values()
         for c in table.columns
-        if c.name.endswith("microdollars")
+        if c.name.endswith(("microdollars", "_per_mtok"))
     ]
-    assert len(money) == 9
+    # 9, plus the day's reserved amount, a reservation's amount and five price classes.
+    assert len(money) == 16
     assert all(isinstance(c.type, BigInteger) for c in money), [
         f"{c.table.name}.{c.name}" for c in money if not isinstance(c.type, BigInteger)
     ]
@@ -83,6 +84,8 @@ def test_all_models_exported() -> None:
         "AgentSession",
         "BudgetCredit",
         "BudgetDay",
+        "BudgetReservation",
+        "Price",
         "UserSettings",
     }
     assert {m.__tablename__ for m in (AgentCostEvent, BudgetDay)} == {

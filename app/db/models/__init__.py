@@ -6,6 +6,8 @@ from app.db.models.agent_event import AgentEvent
 from app.db.models.agent_session import AgentSession
 from app.db.models.budget_credit import BudgetCredit
 from app.db.models.budget_day import BudgetDay
+from app.db.models.budget_reservation import BudgetReservation
+from app.db.models.price import Price
 from app.db.models.user_settings import UserSettings
 
 __all__ = [
@@ -15,5 +17,7 @@ __all__ = [
     "AgentSession",
     "BudgetCredit",
     "BudgetDay",
+    "BudgetReservation",
+    "Price",
     "UserSettings",
 ]

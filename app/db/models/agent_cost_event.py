@@ -4,20 +4,31 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, func
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, false, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, Microdollars, Str100, Str255
 
 
 class AgentCostEvent(Base):
-    """One LLM call. ``request_id`` is the provider's id, unique so a retried charge counts once."""
+    """One LLM call. ``request_id`` is the provider's id, unique so a retried charge counts once.
+
+    The row keeps its token counts by class (DESIGN.md §6b), so its cost can be audited
+    against the price that was in force: ``cache_creation_input_tokens`` counts every
+    cache write, ``cache_creation_1h_input_tokens`` the part of them with the 1-hour TTL.
+    """
 
     __tablename__ = "agent_cost_events"
     __table_args__ = (
         CheckConstraint("input_tokens >= 0", name="input_tokens_non_negative"),
         CheckConstraint("output_tokens >= 0", name="output_tokens_non_negative"),
         CheckConstraint("cost_microdollars >= 0", name="cost_non_negative"),
+        CheckConstraint(
+            "cache_creation_1h_input_tokens >= 0"
+            " AND cache_creation_1h_input_tokens <= cache_creation_input_tokens",
+            name="cache_1h_within_writes",
+        ),
+        CheckConstraint("cache_read_input_tokens >= 0", name="cache_read_non_negative"),
         Index(None, "clerk_user_id", "budget_day"),
         # A session's latest charge is a sign of its runner's life (DESIGN.md §8).
         Index(None, "session_id", "created_at"),
@@ -32,6 +43,10 @@ class AgentCostEvent(Base):
     output_tokens: Mapped[int]
     cost_microdollars: Mapped[Microdollars]
     budget_day: Mapped[date]
+    cache_creation_input_tokens: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    cache_creation_1h_input_tokens: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    cache_read_input_tokens: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    batch: Mapped[bool] = mapped_column(default=False, server_default=false())
     id: Mapped[int] = mapped_column(
         BigInteger, Identity(), primary_key=True, init=False, repr=False, sort_order=-1
     )

@@ -1,0 +1,1 @@
+"""Adapters to the providers' SDKs (optional extras)."""
