@@ -11,6 +11,9 @@ A save that extends the history this process saved last for the session (the
 ``checkpoint_cache`` tip) checks, encodes, hashes and sends only the new messages, in
 one guarded statement; everything else takes the full path (read the neighbours,
 compare digests, upsert). Retention runs on counters, never on iteration numbers.
+
+This module is the I/O; the statements are in ``checkpoint_sql`` and the payload
+checks and encoding in ``checkpoint_codec``.
 """
 
 from __future__ import annotations
