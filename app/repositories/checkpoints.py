@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import builtins
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy import CursorResult, Executable
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm.instrumentation import manager_of_class
 
 from app.db.models import AgentCheckpoint
@@ -157,8 +158,9 @@ class CheckpointRepository:
         # a keyframe leaves more than row_cap rows (see _should_prune).
         self.prune_every, self.row_cap = retention_trigger(self.keep_last, self.keyframe_every)
 
-    async def _connection(self) -> AsyncConnection:
-        return await core_connection(self.session)
+    async def _execute(self, statement: Executable, params: Mapping[str, Any]) -> CursorResult[Any]:
+        """Run a Core statement on the session's connection, in its transaction."""
+        return await (await core_connection(self.session)).execute(statement, params)
 
     async def _read(self, statement: Any, params: dict[str, Any]) -> builtins.list[MetaRow]:
         """The rows of a read-only statement.
@@ -177,7 +179,7 @@ class CheckpointRepository:
             or session.dirty
             or session.deleted
         ):
-            return list((await (await self._connection()).execute(statement, params)).all())
+            return list((await self._execute(statement, params)).all())
         async with engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
             return list((await autocommit.execute(statement, params)).all())
@@ -227,7 +229,7 @@ class CheckpointRepository:
                 # the token is stale: the full path below tells which.
                 self.cache.discard(p.session_id)
             key = {"p_session_id": p.session_id, "p_iteration": p.iteration_number}
-            connection = await self._connection()
+            connection = await core_connection(self.session)
             if await connection.scalar(sql.TOUCH_SESSION, key | token) is None:
                 if await connection.scalar(sql.SESSION_EXISTS, key) is None:
                     raise SessionNotFound(p.session_id)
@@ -276,7 +278,7 @@ class CheckpointRepository:
             "p_tip_count": tip.count,
             "p_cap": self.row_cap,
         }
-        conn = await self._connection()
+        conn = await core_connection(self.session)
         if plan.from_chain:
             if await conn.scalar(sql.TOUCH_SESSION, params) is None:
                 return None  # the full path raises SessionNotFound
@@ -332,12 +334,10 @@ class CheckpointRepository:
             "p_iteration": p.iteration_number,
             "p_cap": self.row_cap,
         }
-        rows = (await (await self._connection()).execute(sql.NEIGHBOURS, key)).all()
+        rows = (await self._execute(sql.NEIGHBOURS, key)).all()
         existing = rows[0] if rows and rows[0].iteration_number == p.iteration_number else None
         parent = next((r for r in rows if r.iteration_number < p.iteration_number), None)
-        shape = (
-            rows[0] if rows else (await (await self._connection()).execute(sql.SHAPE, key)).one()
-        )
+        shape = rows[0] if rows else (await self._execute(sql.SHAPE, key)).one()
         newest, row_count = not shape.has_later, shape.row_count
 
         state = new_state(encoded.body)
@@ -363,7 +363,7 @@ class CheckpointRepository:
                 "p_parent": parent.iteration_number,
                 "p_depth": parent.delta_depth + 1,
             }
-        row = (await (await self._connection()).execute(sql.UPSERT, params)).one()
+        row = (await self._execute(sql.UPSERT, params)).one()
         depth: int = params["p_depth"]
         if newest:
             tip = SessionTip(
@@ -421,12 +421,12 @@ class CheckpointRepository:
     async def _detach_dependants(self, session_id: str, iteration: int) -> None:
         """Rewrite the deltas built on ``iteration`` as keyframes before it changes."""
         key = {"p_session_id": session_id, "p_iteration": iteration}
-        for child in list(await (await self._connection()).scalars(sql.DEPENDANTS, key)):
+        for child in (await self._execute(sql.DEPENDANTS, key)).scalars():
             found = await self._load(sql.LOAD_ANY, session_id, child)
             if found is None:  # pragma: no cover - the row was selected just above
                 continue
             history = orjson.dumps(found[1], option=orjson.OPT_SORT_KEYS).decode()
-            await (await self._connection()).execute(
+            await self._execute(
                 sql.MAKE_KEYFRAME,
                 {"p_session_id": session_id, "p_iteration": child, "p_history": history},
             )
@@ -509,7 +509,5 @@ class CheckpointRepository:
         they need. Never deletes the latest checkpoint. Returns the rows deleted."""
         require_text(session_id, "session_id")
         require_int(keep_last, "keep_last", minimum=1, maximum=INT_MAX)
-        result = await (await self._connection()).execute(
-            sql.PRUNE, {"p_session_id": session_id, "p_keep": keep_last}
-        )
+        result = await self._execute(sql.PRUNE, {"p_session_id": session_id, "p_keep": keep_last})
         return int(result.rowcount)

@@ -34,7 +34,7 @@ from app.db.tables import agent_cost_events, agent_sessions
 from app.domain import SessionNotFound, SessionStatus, StaleRunner
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sessions import owed_resume
-from app.repositories.sql import claim_due, given_rows
+from app.repositories.sql import claim_due, fresh_scalars, given_rows
 from app.validation import require_int, require_text
 
 _WORKING: Final = SessionStatus.WORKING.value
@@ -59,9 +59,7 @@ class ResumeRepository:
 
     async def _sessions(self, stmt: Executable, params: Mapping[str, object]) -> list[AgentSession]:
         with translate_errors():
-            result = await self.session.scalars(
-                stmt, params, execution_options={"populate_existing": True}
-            )
+            result = await fresh_scalars(self.session, stmt, params)
         return list(result)
 
     async def claim_deliveries(

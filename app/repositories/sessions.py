@@ -41,7 +41,7 @@ from app.domain import (
 )
 from app.repositories.budget_rules import stops
 from app.repositories.errors import translate_errors, translated
-from app.repositories.sql import given_rows
+from app.repositories.sql import FRESH, fresh_scalars, given_rows
 from app.validation import (
     MAX_MODEL_LENGTH,
     parse_enum,
@@ -182,7 +182,7 @@ class SessionRepository:
         """The session, freshly read, or None."""
         require_text(session_id, "session_id")
         stmt = select(AgentSession).where(agent_sessions.c.id == session_id)
-        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        result = await fresh_scalars(self.session, stmt)
         return result.one_or_none()
 
     async def lock(self, session_id: str) -> bool:
@@ -223,9 +223,7 @@ class SessionRepository:
             raise InvalidInput(f"wake_at is only set when entering sleeping, not {target}")
         with translate_errors(session_id=session_id):
             moved: AgentSession | None = (
-                await self.session.scalars(
-                    _TRANSITIONS[target], params, execution_options={"populate_existing": True}
-                )
+                await fresh_scalars(self.session, _TRANSITIONS[target], params)
             ).one_or_none()
         if moved is not None:
             return moved
@@ -298,7 +296,7 @@ class SessionRepository:
             )
             .returning(AgentSession)
         )
-        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        result = await fresh_scalars(self.session, stmt)
         return list(result)
 
     async def set_working_budget(
@@ -318,7 +316,7 @@ class SessionRepository:
             .returning(AgentSession)
         )
         with translate_errors(session_id=session_id):
-            result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+            result = await fresh_scalars(self.session, stmt)
         return result.one_or_none()
 
     async def claim_due_for_wake(
@@ -343,7 +341,7 @@ class SessionRepository:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        result = await fresh_scalars(self.session, stmt)
         return list(result)
 
     async def defer_wakes(self, retry_at: Mapping[str, datetime]) -> int:
@@ -439,7 +437,7 @@ class SessionRepository:
             .values(version=agent_sessions.c.version + 1, **values)
             .returning(AgentSession)
         )
-        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        result = await fresh_scalars(self.session, stmt)
         return list(result)
 
     @staticmethod
@@ -495,7 +493,7 @@ class SessionRepository:
             )
             .returning(AgentSession)
         )
-        result = await self.session.scalars(stmt, execution_options={"populate_existing": True})
+        result = await fresh_scalars(self.session, stmt)
         return sorted(result, key=lambda session: session.id)
 
     async def request_wake(
@@ -556,7 +554,7 @@ class SessionRepository:
 
     async def _snapshot_rows(self, stmt: Select[Any]) -> list[SnapshotRow]:
         with translate_errors():
-            result = await self.session.execute(stmt, execution_options={"populate_existing": True})
+            result = await self.session.execute(stmt, execution_options=FRESH)
         return [
             SnapshotRow(
                 session,

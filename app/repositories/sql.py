@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import ColumnElement, TableValuedAlias, Update, bindparam, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    ScalarResult,
+    TableValuedAlias,
+    Update,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.types import TypeEngine
 
 from app.db.base import Base
+
+#: Rows a statement returns overwrite the objects the session already holds for them.
+FRESH: Final = {"populate_existing": True}
+
+
+async def fresh_scalars(
+    session: AsyncSession, stmt: Executable, params: Mapping[str, Any] | None = None
+) -> ScalarResult[Any]:
+    """Run an ORM statement whose returned objects replace any the session loaded
+    earlier in the transaction: a guarded ``UPDATE ... RETURNING`` or a locking read
+    hands back each row as the database has it now, never a stale copy."""
+    return await session.scalars(stmt, params, execution_options=FRESH)
 
 
 async def core_connection(session: AsyncSession) -> AsyncConnection:
