@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -22,6 +23,20 @@ def base_env(**extra: str) -> dict[str, str]:
     env.update({"PYTHONUNBUFFERED": "1", "LOG_LEVEL": "INFO"})
     env.update(extra)
     return env
+
+
+async def run_app(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m app *args`` to completion (60 s at most), its output captured."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def _default_sigint() -> None:

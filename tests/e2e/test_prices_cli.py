@@ -3,31 +3,17 @@ process (set goes through lifecycle.set_price; list marks the row in force)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.settings import SONNET
-from tests.e2e.conftest import base_env
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.conftest import base_env, run_app
 
 
 async def prices(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "app", "prices", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return await run_app(env, "prices", *args)
 
 
 async def test_list_and_set(e2e_db: tuple[str, AsyncEngine], redis_url: str) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -16,23 +13,12 @@ from app.db.engine import create_session_factory
 from app.lifecycle import Runtime
 from app.session_store import RedisSessionStore, connect_redis
 from app.settings import Settings
-from tests.e2e.conftest import base_env, make_due_sleepers
+from tests.e2e.conftest import base_env, make_due_sleepers, run_app
 from tests.fleet import AGE_DAYS, FLEET, OLD, census, make_fleet
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def app(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "app", "sessions", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return await run_app(env, "sessions", *args)
 
 
 async def test_list_show_redeliver_and_cancel(
