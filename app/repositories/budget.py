@@ -406,6 +406,26 @@ class BudgetRepository:
         self.session = session
         self.settings = settings
 
+    def _call(
+        self, session_id: str, request_id: str, model: str, now: datetime | None
+    ) -> tuple[datetime, date, dict[str, Any]]:
+        """The checked identity and time of one provider call, as the parameters that
+        the charge and the reservation statements share (the fallback price included)."""
+        require_text(session_id, "session_id")
+        require_text(request_id, "request_id")
+        require_text(model, "model", max_length=MAX_MODEL_LENGTH)
+        moment = datetime.now(UTC) if now is None else require_aware(now, "now")
+        day = policy.budget_day(moment)
+        params = {
+            "p_session_id": session_id,
+            "p_request_id": request_id,
+            "p_model": model,
+            "p_at": moment,
+            "p_day": day,
+            **self._fallback(model),
+        }
+        return moment, day, params
+
     def _fallback(self, model: str) -> dict[str, int | None]:
         # The configured price, for a model the prices table has no row for at the time.
         configured = self.settings.model_prices.get(model)
@@ -477,18 +497,10 @@ class BudgetRepository:
         usage: TokenUsage,
         now: datetime | None,
     ) -> ChargeResult:
-        require_text(session_id, "session_id")
-        require_text(request_id, "request_id")
-        require_text(model, "model", max_length=MAX_MODEL_LENGTH)
-        moment = datetime.now(UTC) if now is None else require_aware(now, "now")
-        day = policy.budget_day(moment)
-
+        moment, day, call = self._call(session_id, request_id, model, now)
         with translate_errors(session_id=session_id):
             params: dict[str, Any] = {
-                "p_session_id": session_id,
-                "p_request_id": request_id,
-                "p_model": model,
-                "p_at": moment,
+                **call,
                 "p_input_tokens": usage.input_tokens,
                 "p_output_tokens": usage.output_tokens,
                 "p_cache_creation_input_tokens": usage.cache_creation_input_tokens,
@@ -496,8 +508,6 @@ class BudgetRepository:
                 "p_cache_read_input_tokens": usage.cache_read_input_tokens,
                 "p_batch": usage.batch,
                 "p_divisor": TOKENS_PER_PRICE_UNIT * (BATCH_DIVISOR if usage.batch else 1),
-                "p_day": day,
-                **self._fallback(model),
             }
             # Core on the session's connection: no ORM bookkeeping on the hot path.
             connection = await core_connection(self.session)
@@ -550,10 +560,10 @@ class BudgetRepository:
         ``request_id`` again returns the open reservation; reserving one that was
         already charged is ``InvalidInput``.
         """
-        require_text(session_id, "session_id")
-        require_text(request_id, "request_id")
-        require_text(model, "model", max_length=MAX_MODEL_LENGTH)
-        limits = {
+        moment, day, call = self._call(session_id, request_id, model, now)
+        params: dict[str, Any] = {
+            **call,
+            "p_expires_at": moment + timedelta(seconds=self.settings.reservation_ttl_seconds),
             "p_max_input_tokens": require_int(
                 max_input_tokens, "max_input_tokens", maximum=MAX_TOKENS_PER_CALL
             ),
@@ -565,18 +575,6 @@ class BudgetRepository:
                 "max_cache_creation_input_tokens",
                 maximum=MAX_TOKENS_PER_CALL,
             ),
-        }
-        moment = datetime.now(UTC) if now is None else require_aware(now, "now")
-        day = policy.budget_day(moment)
-        params: dict[str, Any] = {
-            "p_session_id": session_id,
-            "p_request_id": request_id,
-            "p_model": model,
-            "p_at": moment,
-            "p_day": day,
-            "p_expires_at": moment + timedelta(seconds=self.settings.reservation_ttl_seconds),
-            **limits,
-            **self._fallback(model),
         }
         with translate_errors(session_id=session_id):
             connection = await core_connection(self.session)
