@@ -11,6 +11,7 @@ also reports the one-user figure for comparison.
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 import uuid
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from sqlalchemy import text
 
 from app.db.engine import create_engine, create_session_factory
 from app.repositories import BudgetRepository, SessionRepository
@@ -90,6 +92,12 @@ SELECT (SELECT cost FROM priced) AS cost, EXISTS (SELECT FROM event) AS inserted
        EXISTS (SELECT FROM session_update) AS session_updated
 """
 
+# The same statement as SQLAlchemy text with named parameters, run on a bare
+# AsyncConnection: what SQLAlchemy's async engine alone costs for this SQL (pool checkout,
+# BEGIN, execute, COMMIT, check-in), without the ORM session or the repository.
+# (A space after each name keeps a following ``::numeric`` cast out of it.)
+RAW_CHARGE_TEXT = text(re.sub(r"\$(\d+)", r":p\1 ", RAW_CHARGE))
+
 
 async def _fleet(factory: Any, settings: Settings, users: int, tag: str) -> list[str]:
     """Sessions of ``users`` users (SESSIONS_PER_USER each), each day's row made."""
@@ -115,8 +123,9 @@ def _session_for(sessions: list[str], users: int, task: int, i: int) -> str:
 
 
 async def charges(url: str, rounds: int, per_task: int) -> tuple[str, dict[str, Any]]:
-    """Charges with every token class: BudgetRepository, raw asyncpg, reserve + charge,
-    and BudgetRepository on one user (the row lock's ceiling)."""
+    """Charges with every token class: BudgetRepository, raw asyncpg, the same statement
+    on a bare SQLAlchemy AsyncConnection (the async engine's own floor), reserve +
+    charge, and BudgetRepository on one user (the row lock's ceiling)."""
     # A large allowance: no session stops mid-benchmark, whatever the number of rounds.
     settings = Settings(_env_file=None, tier_allowance_partner=10**15)
     engine = create_engine(url, pool_size=TASKS, max_overflow=0)
@@ -146,6 +155,21 @@ async def charges(url: str, rounds: int, per_task: int) -> tuple[str, dict[str, 
             assert row is not None
             assert row["inserted"]
 
+    async def engine_floor(task: int, i: int) -> None:
+        values = (
+            _session_for(fleet, USERS, task, i), f"{run}-e-{task}-{i}-{uuid.uuid4().hex[:6]}",
+            SONNET, datetime.now(UTC), CALL["input_tokens"], CALL["output_tokens"],
+            CALL["cache_creation_input_tokens"], CALL["cache_creation_1h_input_tokens"],
+            CALL["cache_read_input_tokens"], 1_000_000, False, time_day(),
+        )  # fmt: skip
+        async with engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    RAW_CHARGE_TEXT, {f"p{k}": v for k, v in enumerate(values, start=1)}
+                )
+            ).one()
+            assert row.inserted
+
     async def reserved(task: int, i: int) -> None:
         request_id = f"{run}-p-{task}-{i}-{uuid.uuid4().hex[:6]}"
         session_id = _session_for(fleet, USERS, task, i)
@@ -172,6 +196,7 @@ async def charges(url: str, rounds: int, per_task: int) -> tuple[str, dict[str, 
     cases: list[tuple[str, Callable[[int, int], Awaitable[None]]]] = [
         ("BudgetRepository.charge", ours),
         ("raw asyncpg, same statement by hand", raw),
+        ("SQLAlchemy AsyncConnection, same statement by hand", engine_floor),
         ("reserve + charge (2 transactions)", reserved),
         ("BudgetRepository.charge, all 32 tasks on one user", one_user),
     ]
@@ -202,6 +227,7 @@ async def charges(url: str, rounds: int, per_task: int) -> tuple[str, dict[str, 
     rate = {name: statistics.median(values) for name, values in results.items()}
     ours_rate = rate["BudgetRepository.charge"]
     raw_rate = rate["raw asyncpg, same statement by hand"]
+    floor_rate = rate["SQLAlchemy AsyncConnection, same statement by hand"]
     lines = [
         f"\n### Charge, every token class: {TASKS} concurrent tasks, {USERS} users x"
         f" {SESSIONS_PER_USER} sessions, one process\n",
@@ -220,9 +246,14 @@ async def charges(url: str, rounds: int, per_task: int) -> tuple[str, dict[str, 
         )
         summary[name] = {"ops_per_s": rate[name], "cpu_us": cpu[name] / total * 1e6}
     summary["charge_vs_raw"] = raw_rate / ours_rate
+    summary["sqlalchemy_floor_vs_raw"] = raw_rate / floor_rate
+    summary["charge_vs_sqlalchemy_floor"] = floor_rate / ours_rate
     summary["reserve_and_charge_vs_charge"] = ours_rate / rate["reserve + charge (2 transactions)"]
     lines.append(
-        f"\nBudgetRepository.charge vs raw asyncpg: {summary['charge_vs_raw']:.2f}x per charge;"
-        f" reserve + charge vs a plain charge: {summary['reserve_and_charge_vs_charge']:.2f}x."
+        f"\nBudgetRepository.charge vs raw asyncpg: {summary['charge_vs_raw']:.2f}x per charge"
+        f" (the same SQL on a bare SQLAlchemy AsyncConnection:"
+        f" {summary['sqlalchemy_floor_vs_raw']:.2f}x raw; the repository over that:"
+        f" {summary['charge_vs_sqlalchemy_floor']:.2f}x); reserve + charge vs a plain charge:"
+        f" {summary['reserve_and_charge_vs_charge']:.2f}x."
     )
     return "\n".join(lines), summary
