@@ -25,19 +25,11 @@ from sqlalchemy import text
 from app.db.engine import create_engine, create_session_factory
 from app.repositories import BudgetRepository, SessionRepository
 from app.settings import SONNET, Settings
-from benchmarks.common import dsn, time_day
+from benchmarks.common import AGENT_CALL, dsn, time_day
 
 TASKS = 32
 USERS = 64
 SESSIONS_PER_USER = 4
-# A coding agent's call: a little new input, a cache write, a long cached prefix, output.
-CALL: dict[str, Any] = {
-    "input_tokens": 1_200,
-    "output_tokens": 600,
-    "cache_creation_input_tokens": 3_000,
-    "cache_creation_1h_input_tokens": 1_000,
-    "cache_read_input_tokens": 60_000,
-}
 
 # What a hand-written asyncpg charge runs: one statement that looks up the price in force,
 # prices every class, appends the ledger row once per request id, settles a reservation,
@@ -116,6 +108,17 @@ async def _fleet(factory: Any, settings: Settings, users: int, tag: str) -> list
     return sessions
 
 
+def _raw_values(session_id: str, request_id: str) -> tuple[Any, ...]:
+    """RAW_CHARGE's parameters, in order, for one AGENT_CALL (the request id made unique)."""
+    call = AGENT_CALL
+    return (
+        session_id, f"{request_id}-{uuid.uuid4().hex[:6]}", SONNET, datetime.now(UTC),
+        call["input_tokens"], call["output_tokens"], call["cache_creation_input_tokens"],
+        call["cache_creation_1h_input_tokens"], call["cache_read_input_tokens"], 1_000_000,
+        False, time_day(),
+    )  # fmt: skip
+
+
 def _session_for(sessions: list[str], users: int, task: int, i: int) -> str:
     # Task k charges user (k + 32 i) mod users: concurrent tasks are on different users.
     user = (task + TASKS * i) % users
@@ -140,34 +143,21 @@ async def charges(url: str, rounds: int, per_task: int) -> tuple[str, dict[str, 
             await BudgetRepository(s, settings).charge(
                 session_id=_session_for(fleet, USERS, task, i),
                 request_id=f"{run}-o-{task}-{i}-{uuid.uuid4().hex[:6]}",
-                model=SONNET, **CALL,
+                model=SONNET, **AGENT_CALL,
             )  # fmt: skip
 
     async def raw(task: int, i: int) -> None:
+        values = _raw_values(_session_for(fleet, USERS, task, i), f"{run}-r-{task}-{i}")
         async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                RAW_CHARGE,
-                _session_for(fleet, USERS, task, i), f"{run}-r-{task}-{i}-{uuid.uuid4().hex[:6]}",
-                SONNET, datetime.now(UTC), CALL["input_tokens"], CALL["output_tokens"],
-                CALL["cache_creation_input_tokens"], CALL["cache_creation_1h_input_tokens"],
-                CALL["cache_read_input_tokens"], 1_000_000, False, time_day(),
-            )  # fmt: skip
+            row = await conn.fetchrow(RAW_CHARGE, *values)
             assert row is not None
             assert row["inserted"]
 
     async def engine_floor(task: int, i: int) -> None:
-        values = (
-            _session_for(fleet, USERS, task, i), f"{run}-e-{task}-{i}-{uuid.uuid4().hex[:6]}",
-            SONNET, datetime.now(UTC), CALL["input_tokens"], CALL["output_tokens"],
-            CALL["cache_creation_input_tokens"], CALL["cache_creation_1h_input_tokens"],
-            CALL["cache_read_input_tokens"], 1_000_000, False, time_day(),
-        )  # fmt: skip
+        values = _raw_values(_session_for(fleet, USERS, task, i), f"{run}-e-{task}-{i}")
         async with engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    RAW_CHARGE_TEXT, {f"p{k}": v for k, v in enumerate(values, start=1)}
-                )
-            ).one()
+            named = {f"p{k}": v for k, v in enumerate(values, start=1)}
+            row = (await conn.execute(RAW_CHARGE_TEXT, named)).one()
             assert row.inserted
 
     async def reserved(task: int, i: int) -> None:
@@ -182,7 +172,7 @@ async def charges(url: str, rounds: int, per_task: int) -> tuple[str, dict[str, 
             assert booked.granted
         async with factory.begin() as s:
             await BudgetRepository(s, settings).charge(
-                session_id=session_id, request_id=request_id, model=SONNET, **CALL
+                session_id=session_id, request_id=request_id, model=SONNET, **AGENT_CALL
             )
 
     async def one_user(task: int, i: int) -> None:
@@ -190,7 +180,7 @@ async def charges(url: str, rounds: int, per_task: int) -> tuple[str, dict[str, 
             await BudgetRepository(s, settings).charge(
                 session_id=lone[task % SESSIONS_PER_USER],
                 request_id=f"{run}-l-{task}-{i}-{uuid.uuid4().hex[:6]}",
-                model=SONNET, **CALL,
+                model=SONNET, **AGENT_CALL,
             )  # fmt: skip
 
     cases: list[tuple[str, Callable[[int, int], Awaitable[None]]]] = [

@@ -17,7 +17,6 @@ import statistics
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -29,8 +28,8 @@ from app.local_services import local_services
 from app.session_store import RedisSessionStore, connect_redis
 from app.settings import SONNET, Settings
 from app.workers import BudgetDaemon
+from benchmarks.common import AGENT_CALL, ROOT, dsn
 
-ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 1_000_000
 WORKING = 2_000  # sessions the daemon looks at; the rest are completed
 CHARGES = 1_000
@@ -40,10 +39,6 @@ DUPLICATES = 500
 WARM_UP = WORKING
 TICKS = 7
 DAYS = 30  # the ledger's rows are spread over this many past budget days
-
-
-def dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @dataclass
@@ -97,9 +92,12 @@ async def fill(conn: asyncpg.Connection, lo: int, hi: int, *, sessions: int, use
         end = min(start + CHUNK, hi)
         await conn.execute(
             "INSERT INTO agent_cost_events (request_id, session_id, clerk_user_id, model,"
-            " input_tokens, output_tokens, cost_microdollars, budget_day, created_at)"
+            " input_tokens, output_tokens, cache_creation_input_tokens,"
+            " cache_creation_1h_input_tokens, cache_read_input_tokens, cost_microdollars,"
+            " budget_day, created_at)"
             " SELECT 'req_' || md5(g::text), 'ls-' || (g % $3), 'lu-' || (g % $3 % $4), $5,"
-            " 1000 + g % 5000, 100 + g % 900, 6000 + g % 20000, current_date - (1 + g % $6),"
+            " 1000 + g % 5000, 100 + g % 900, 3000 + g % 2000, g % 1000, 60000 + g % 40000,"
+            " 6000 + g % 20000, current_date - (1 + g % $6),"
             " now() - make_interval(days => 1 + g % $6)"
             " FROM generate_series($1, $2 - 1) g",
             start,
@@ -138,7 +136,7 @@ async def measure(
     for n in range(WARM_UP):
         await charge(
             rt, session_id=f"ls-{n % WORKING}", request_id=f"warm-{round_}-{n}",
-            model=SONNET, input_tokens=10, output_tokens=1,
+            model=SONNET, **AGENT_CALL,
         )  # fmt: skip
     reads_before = await _blocks_read(conn)
     charges: list[float] = []
@@ -146,7 +144,7 @@ async def measure(
         started = time.perf_counter()
         await charge(
             rt, session_id=f"ls-{n % WORKING}", request_id=f"bench-{round_}-{n}",
-            model=SONNET, input_tokens=10, output_tokens=1,
+            model=SONNET, **AGENT_CALL,
         )  # fmt: skip
         charges.append(time.perf_counter() - started)
     reads = (await _blocks_read(conn) - reads_before) / CHARGES
@@ -156,7 +154,7 @@ async def measure(
         started = time.perf_counter()
         result = await charge(
             rt, session_id="ls-0", request_id=f"req_{_md5(n * 7919 % rows)}",
-            model=SONNET, input_tokens=10, output_tokens=1,
+            model=SONNET, **AGENT_CALL,
         )  # fmt: skip
         duplicates.append(time.perf_counter() - started)
         assert result.duplicate
