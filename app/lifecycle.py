@@ -271,12 +271,23 @@ async def heartbeat(rt: Runtime, session_id: str, *, resume_token: str) -> None:
 
 
 async def save_checkpoint(
-    rt: Runtime, checkpoint: AgentCheckpoint, *, resume_token: str | None = None
+    rt: Runtime,
+    checkpoint: AgentCheckpoint,
+    *,
+    resume_token: str | None = None,
+    new_messages: int | None = None,
 ) -> AgentCheckpoint:
     """Save a turn in its own transaction (``CheckpointRepository.save``, with this
-    process's history cache: a history that extends the last save costs its new messages)."""
+    process's history cache: a history that extends the last save costs its new messages).
+
+    A runner that only appended to the history since its last save passes how many
+    messages it appended as ``new_messages``: ``CheckpointRepository.append`` then
+    skips reading the earlier ones (they must be unchanged)."""
     async with rt.session_factory.begin() as s:
-        return await rt.checkpoints(s).save(checkpoint, resume_token=resume_token)
+        repo = rt.checkpoints(s)
+        if new_messages is None:
+            return await repo.save(checkpoint, resume_token=resume_token)
+        return await repo.append(checkpoint, new_messages=new_messages, resume_token=resume_token)
 
 
 async def latest_checkpoint(rt: Runtime, session_id: str) -> AgentCheckpoint | None:

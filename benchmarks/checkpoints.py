@@ -194,13 +194,17 @@ WINDOW = 50  # saves per reported point: iterations (n - WINDOW, n]
 
 
 async def long_session(url: str, rounds: int, iterations: int) -> tuple[str, dict[str, Any]]:
-    """A 2,000-iteration session appending 4 messages a save: how the save cost grows."""
+    """A 2,000-iteration session appending 4 messages a save: how the save cost grows,
+    through ``save()`` (which compares the earlier messages with its copy of them) and
+    through ``append()`` (the caller vouches for them: not read)."""
     engine = create_engine(url, pool_size=2)
     factory = create_session_factory(engine)
     points = [n for n in CHECKPOINTS_AT if n <= iterations]
-    walls: dict[int, list[float]] = {n: [] for n in points}
-    cpus: dict[int, list[float]] = {n: [] for n in points}
-    for _ in range(rounds):
+    modes = ("save", "append")
+    walls: dict[str, dict[int, list[float]]] = {mode: {n: [] for n in points} for mode in modes}
+    cpus: dict[str, dict[int, list[float]]] = {mode: {n: [] for n in points} for mode in modes}
+
+    async def one_session(mode: str) -> None:
         sid = f"bench-{uuid.uuid4().hex[:10]}"
         async with factory.begin() as s:
             await SessionRepository(s).create(
@@ -216,35 +220,49 @@ async def long_session(url: str, rounds: int, iterations: int) -> tuple[str, dic
                 )
                 t, c = time.perf_counter(), time.process_time()
                 async with s.begin():
-                    await repo.save(cp)
+                    if mode == "append":
+                        await repo.append(cp, new_messages=4)
+                    else:
+                        await repo.save(cp)
                 wall, cpu = time.perf_counter() - t, time.process_time() - c
                 for n in points:
                     if n - WINDOW < i <= n:
-                        walls[n].append(wall)
-                        cpus[n].append(cpu)
+                        walls[mode][n].append(wall)
+                        cpus[mode][n].append(cpu)
             latest = await repo.load_latest(sid)
             assert latest is not None and latest.message_history == history
+
+    for r in range(rounds):
+        for mode in modes if r % 2 == 0 else modes[::-1]:
+            await one_session(mode)
     await engine.dispose()
 
-    base = statistics.mean(walls[points[0]])
     lines = [
         f"\n### Long session: {iterations:,} iterations x 4 messages of ~400 characters"
-        f" (defaults; {rounds} sessions, the {WINDOW} saves up to each point)\n",
-        "| iteration | messages | mean save ms | p99 save ms | client CPU µs/save |"
+        f" (defaults; {rounds} sessions each, the {WINDOW} saves up to each point)\n",
+        "| iteration | messages | `save` mean ms | p99 ms | client CPU µs |"
+        f" mean vs iteration {points[0]} | `append` mean ms | p99 ms | client CPU µs |"
         f" mean vs iteration {points[0]} |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     summary: dict[str, Any] = {}
     for n in points:
-        mean = statistics.mean(walls[n])
-        p99 = sorted(walls[n])[max(0, int(len(walls[n]) * 0.99) - 1)]
-        cpu = statistics.mean(cpus[n])
-        lines.append(
-            f"| {n:,} | {4 * n:,} | {mean * 1e3:.3f} | {p99 * 1e3:.2f} | {cpu * 1e6:.0f} |"
-            f" {mean / base:.2f}x |"
-        )
-        summary[str(n)] = {"mean_save_ms": mean * 1e3, "p99_ms": p99 * 1e3,
-                           "cpu_us": cpu * 1e6, "vs_first": mean / base}  # fmt: skip
+        cells = [f"{n:,}", f"{4 * n:,}"]
+        for mode in modes:
+            runs = walls[mode][n]
+            mean = statistics.mean(runs)
+            base = statistics.mean(walls[mode][points[0]])
+            p99 = sorted(runs)[max(0, int(len(runs) * 0.99) - 1)]
+            cpu = statistics.mean(cpus[mode][n])
+            cells += [f"{mean * 1e3:.3f}", f"{p99 * 1e3:.2f}", f"{cpu * 1e6:.0f}",
+                      f"{mean / base:.2f}x"]  # fmt: skip
+            figures = {"mean_save_ms": mean * 1e3, "p99_ms": p99 * 1e3,
+                       "cpu_us": cpu * 1e6, "vs_first": mean / base}  # fmt: skip
+            if mode == "save":
+                summary[str(n)] = figures
+            else:
+                summary.setdefault("append", {})[str(n)] = figures
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), summary
 
 

@@ -313,7 +313,8 @@ async def agent(fleet: Fleet, rt: Runtime, session_id: str, user: str, tier: Tie
             result.decision is Decision.WIND_DOWN and session_id in fleet.careless
         )
         if carry_on:
-            await save_checkpoint(rt, snapshot())
+            # This turn only appended its reply and the tool's result.
+            await save_checkpoint(rt, snapshot(), new_messages=2)
             continue
         restored = await rest(fleet, rt, queue, session_id, snapshot, result.decision)
         # Carry on from what PostgreSQL gave back, not from local memory.

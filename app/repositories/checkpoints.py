@@ -43,6 +43,7 @@ from app.repositories.checkpoint_codec import (
     encode_messages,
     extend_state,
     finish,
+    history_list,
     new_state,
 )
 from app.repositories.checkpoint_codec import rebuild as rebuild_history
@@ -202,9 +203,41 @@ class CheckpointRepository:
         Everything is validated before any SQL: a bad payload writes nothing.
 
         A history that extends the one this process last saved for the session costs
-        O(new messages): only they are checked, encoded, hashed and sent, in one
-        statement (see ``checkpoint_cache``); anything else takes the full path.
+        O(new messages) to check, encode, hash and send, in one statement (see
+        ``checkpoint_cache``); anything else takes the full path. Telling it apart
+        compares the earlier messages with this process's copy of them, so that an
+        old message edited in place is stored too; :meth:`append` skips that
+        comparison when the caller vouches for the prefix.
         """
+        return await self._save(checkpoint, resume_token, appended=None)
+
+    async def append(
+        self,
+        checkpoint: AgentCheckpoint,
+        *,
+        new_messages: int,
+        resume_token: str | None = None,
+    ) -> AgentCheckpoint:
+        """:meth:`save`, for a caller that only appended to the history it saved last.
+
+        ``new_messages`` is how many messages at the end of ``checkpoint``'s history
+        are new since this process last saved the session; the caller vouches that
+        every message before them is, unchanged, what it saved then. When this
+        process's cache holds that save and the database still has it as the
+        session's newest checkpoint, the earlier messages are not even read: the
+        save's client work is O(new messages) however long the history is. An edit
+        made in place to an earlier message is then not stored (the caller said
+        there was none); use :meth:`save` after editing. In every other case (no
+        cache entry, another count, another writer in between) it is exactly
+        :meth:`save`. The stored checkpoint is returned.
+        """
+        count = len(history_list(checkpoint.message_history))
+        appended = require_int(new_messages, "new_messages", maximum=count)
+        return await self._save(checkpoint, resume_token, appended=appended)
+
+    async def _save(
+        self, checkpoint: AgentCheckpoint, resume_token: str | None, *, appended: int | None
+    ) -> AgentCheckpoint:
         p = Payload.of(checkpoint)
         if resume_token is not None:
             require_text(resume_token, "resume_token")
@@ -213,7 +246,8 @@ class CheckpointRepository:
         plan: _Plan | None = None
         tip = self.cache.get(p.session_id)
         if tip is not None and p.iteration_number > tip.iteration:
-            if tip.count and tip.prefix_matches(p.messages):
+            vouched = appended is not None and len(p.messages) - appended == tip.count
+            if tip.count and (vouched or tip.prefix_matches(p.messages)):
                 plan = self._plan_append(p, tip)
             else:
                 encoded = encode_history(p.messages)

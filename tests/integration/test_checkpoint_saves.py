@@ -20,7 +20,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.models import AgentCheckpoint
-from app.domain import CheckpointNotFound, CheckpointPayloadError
+from app.domain import CheckpointNotFound, CheckpointPayloadError, InvalidInput
 from app.repositories import CheckpointRepository
 from app.repositories.checkpoint_cache import HistoryCache
 from app.repositories.checkpoints import retention_trigger
@@ -250,6 +250,83 @@ async def test_an_in_place_edit_of_a_saved_message_is_stored(session_factory: Fa
     await save(session_factory, checkpoint(sid, 3, history), cache=cache)
     assert (await load(session_factory, sid, 2))[2]["content"][0]["text"] == "trimmed"
     assert await load(session_factory, sid, 3) == history
+
+
+async def append(
+    factory: Factory, cp: AgentCheckpoint, new_messages: int, *, cache: HistoryCache
+) -> AgentCheckpoint:
+    async with factory.begin() as s:
+        return await CheckpointRepository(s, cache=cache).append(cp, new_messages=new_messages)
+
+
+async def test_append_sends_only_the_new_messages(
+    session_factory: Factory, engine: AsyncEngine
+) -> None:
+    sid = await new_session(session_factory)
+    cache = HistoryCache(8)
+    history = [message(i) for i in range(300)]
+    await save(session_factory, checkpoint(sid, 1, history), cache=cache)
+    history.extend([message(300), message(301)])
+    with sent_bytes(engine) as sent:
+        stored = await append(session_factory, checkpoint(sid, 2, history), 2, cache=cache)
+    assert sum(sent) < 3_000
+    assert (stored.message_count, stored.base_message_count) == (302, 300)
+    assert await load(session_factory, sid, 2) == history
+
+
+async def test_append_trusts_the_prefix_and_save_still_catches_an_edit(
+    session_factory: Factory,
+) -> None:
+    """append's contract: the caller vouches that the earlier messages are unchanged, so
+    they are not read; an edit made in place is stored by the next plain save."""
+    sid = await new_session(session_factory)
+    cache = HistoryCache(8)
+    history = [message(i) for i in range(5)]
+    original = orjson.loads(orjson.dumps(history))
+    await save(session_factory, checkpoint(sid, 1, history), cache=cache)
+    history[2]["content"][0]["text"] = "trimmed"  # edited in place, then vouched for
+    history.append(message(5))
+    await append(session_factory, checkpoint(sid, 2, history), 1, cache=cache)
+    assert await load(session_factory, sid, 2) == [*original, message(5)]
+    history.append(message(6))
+    await save(session_factory, checkpoint(sid, 3, history), cache=cache)
+    assert await load(session_factory, sid, 3) == history
+
+
+async def test_append_without_a_matching_last_save_is_a_plain_save(
+    session_factory: Factory,
+) -> None:
+    sid = await new_session(session_factory)
+    cache = HistoryCache(8)
+    h = [message(i) for i in range(12)]
+    await save(session_factory, checkpoint(sid, 1, h[:4]), cache=cache)
+    # Three messages are new, the caller says one: the prefix is compared as by save().
+    await append(session_factory, checkpoint(sid, 2, h[:7]), 1, cache=cache)
+    # Another process (its own cache) saves on top; this one's entry is stale.
+    await save(session_factory, checkpoint(sid, 3, h[2:9]), cache=HistoryCache(8))
+    await append(session_factory, checkpoint(sid, 4, h[:8]), 1, cache=cache)
+    # A process that never saved the session (an empty cache).
+    await append(session_factory, checkpoint(sid, 5, h), 4, cache=HistoryCache(8))
+    assert await load(session_factory, sid, 2) == h[:7]
+    assert await load(session_factory, sid, 3) == h[2:9]
+    assert await load(session_factory, sid, 4) == h[:8]
+    assert await load(session_factory, sid, 5) == h
+
+
+@pytest.mark.parametrize("bad", [-1, 4, True, 1.0, "1", None])
+async def test_append_refuses_a_bad_count_and_writes_nothing(
+    session_factory: Factory, bad: Any
+) -> None:
+    sid = await new_session(session_factory)
+    with pytest.raises(InvalidInput) as caught:
+        await append(
+            session_factory,
+            checkpoint(sid, 1, [message(i) for i in range(3)]),
+            bad,
+            cache=HistoryCache(8),
+        )
+    assert caught.value.field == "new_messages"
+    assert await row_count(session_factory, sid) == 0
 
 
 async def test_another_process_saving_in_between_is_seen(session_factory: Factory) -> None:

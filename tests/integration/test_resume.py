@@ -276,6 +276,11 @@ async def test_an_orphaned_run_is_delivered_again_and_the_old_runner_is_fenced(
     with pytest.raises(StaleRunner):
         async with rt.session_factory.begin() as s:
             await CheckpointRepository(s).save(checkpoint("s-1", 2), resume_token=old.resume_token)
+    with pytest.raises(StaleRunner):  # appending is fenced the same way
+        async with rt.session_factory.begin() as s:
+            await CheckpointRepository(s).append(
+                checkpoint("s-1", 2, n=3), new_messages=1, resume_token=old.resume_token
+            )
     # The stale runner's money was spent: its charge is recorded all the same.
     async with rt.session_factory.begin() as s:
         charged = await BudgetRepository(s, rt.settings).charge(
