@@ -134,6 +134,9 @@ CALLS: dict[str, Call] = {
     "BudgetRepository.day_spend": lambda s: BudgetRepository(s, SETTINGS).day_spend(DAY),
     "BudgetRepository.spent": lambda s: BudgetRepository(s, SETTINGS).spent("u", DAY),
     "CheckpointRepository.save": lambda s: CheckpointRepository(s).save(checkpoint()),
+    "CheckpointRepository.append": lambda s: CheckpointRepository(s).append(
+        checkpoint(), new_messages=0
+    ),
     "CheckpointRepository.load_latest": lambda s: CheckpointRepository(s).load_latest("s-1"),
     "CheckpointRepository.load_latest_many": lambda s: CheckpointRepository(s).load_latest_many(
         ["s-1"]
