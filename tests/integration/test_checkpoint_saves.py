@@ -61,6 +61,13 @@ async def save(
         return await repo.save(cp)
 
 
+async def append(
+    factory: Factory, cp: AgentCheckpoint, new_messages: int, *, cache: HistoryCache
+) -> AgentCheckpoint:
+    async with factory.begin() as s:
+        return await CheckpointRepository(s, cache=cache).append(cp, new_messages=new_messages)
+
+
 async def load(
     factory: Factory, session_id: str, iteration: int, *, keep_last: int = 5
 ) -> list[dict[str, Any]]:
@@ -222,8 +229,9 @@ def sent_bytes(engine: AsyncEngine) -> Iterator[list[int]]:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
+@pytest.mark.parametrize("how", ["save", "append"])
 async def test_an_extending_save_sends_only_the_new_messages(
-    session_factory: Factory, engine: AsyncEngine
+    session_factory: Factory, engine: AsyncEngine, how: str
 ) -> None:
     sid = await new_session(session_factory)
     cache = HistoryCache(8)
@@ -232,9 +240,14 @@ async def test_an_extending_save_sends_only_the_new_messages(
         await save(session_factory, checkpoint(sid, 1, history), cache=cache)
     assert sum(first) > 120_000  # the first save sends everything
     history.extend([message(300), message(301)])  # the same list, extended in place
+    cp = checkpoint(sid, 2, history)
     with sent_bytes(engine) as second:
-        await save(session_factory, checkpoint(sid, 2, history), cache=cache)
+        if how == "append":
+            stored = await append(session_factory, cp, 2, cache=cache)
+        else:
+            stored = await save(session_factory, cp, cache=cache)
     assert sum(second) < 3_000  # two messages of ~450 bytes, plus the fixed fields
+    assert (stored.message_count, stored.base_message_count) == (302, 300)
     assert await load(session_factory, sid, 2) == history
 
 
@@ -250,28 +263,6 @@ async def test_an_in_place_edit_of_a_saved_message_is_stored(session_factory: Fa
     await save(session_factory, checkpoint(sid, 3, history), cache=cache)
     assert (await load(session_factory, sid, 2))[2]["content"][0]["text"] == "trimmed"
     assert await load(session_factory, sid, 3) == history
-
-
-async def append(
-    factory: Factory, cp: AgentCheckpoint, new_messages: int, *, cache: HistoryCache
-) -> AgentCheckpoint:
-    async with factory.begin() as s:
-        return await CheckpointRepository(s, cache=cache).append(cp, new_messages=new_messages)
-
-
-async def test_append_sends_only_the_new_messages(
-    session_factory: Factory, engine: AsyncEngine
-) -> None:
-    sid = await new_session(session_factory)
-    cache = HistoryCache(8)
-    history = [message(i) for i in range(300)]
-    await save(session_factory, checkpoint(sid, 1, history), cache=cache)
-    history.extend([message(300), message(301)])
-    with sent_bytes(engine) as sent:
-        stored = await append(session_factory, checkpoint(sid, 2, history), 2, cache=cache)
-    assert sum(sent) < 3_000
-    assert (stored.message_count, stored.base_message_count) == (302, 300)
-    assert await load(session_factory, sid, 2) == history
 
 
 async def test_append_trusts_the_prefix_and_save_still_catches_an_edit(
