@@ -62,10 +62,16 @@ async def save(
 
 
 async def append(
-    factory: Factory, cp: AgentCheckpoint, new_messages: int, *, cache: HistoryCache
+    factory: Factory,
+    cp: AgentCheckpoint,
+    new_messages: int,
+    *,
+    cache: HistoryCache,
+    keep_last: int = 5,
 ) -> AgentCheckpoint:
     async with factory.begin() as s:
-        return await CheckpointRepository(s, cache=cache).append(cp, new_messages=new_messages)
+        repo = CheckpointRepository(s, keep_last=keep_last, cache=cache)
+        return await repo.append(cp, new_messages=new_messages)
 
 
 async def load(
@@ -426,8 +432,8 @@ async def test_a_writer_holding_the_session_that_rewrites_the_tip_neither_deadlo
         await t1.execute(
             text("UPDATE agent_sessions SET last_checkpoint_at = now() WHERE id = :s"), {"s": sid}
         )
-        append = asyncio.create_task(save(session_factory, checkpoint(sid, 2, h), cache=cache))
-        await wait_for_lock_wait(engine, "INSERT INTO agent_checkpoints", append)
+        pending = asyncio.create_task(save(session_factory, checkpoint(sid, 2, h), cache=cache))
+        await wait_for_lock_wait(engine, "INSERT INTO agent_checkpoints", pending)
         await t1.execute(
             text(
                 "UPDATE agent_checkpoints SET message_history = CAST(:h AS jsonb),"
@@ -437,9 +443,34 @@ async def test_a_writer_holding_the_session_that_rewrites_the_tip_neither_deadlo
             {"h": body.decode(), "d": hashlib.sha256(body).digest(), "s": sid},
         )
         await t1.commit()
-    await append
+    await pending
     assert await load(session_factory, sid, 1) == rewritten
     assert await load(session_factory, sid, 2) == h
+
+
+async def test_two_processes_appending_to_one_session_at_once_store_what_each_gave(
+    session_factory: Factory,
+) -> None:
+    """Two runners (two caches: two processes) append to one session at the same time,
+    each to its own history, on interleaved iterations: every save either builds on a
+    tip that is still the session's newest or falls back to the full path, so each
+    iteration loads back as the runner that saved it gave it."""
+    sid = await new_session(session_factory)
+    saved: dict[int, list[dict[str, Any]]] = {}
+
+    async def runner(first: int, offset: int) -> None:
+        cache = HistoryCache(8)
+        history: list[dict[str, Any]] = []
+        for iteration in range(first, 60, 2):
+            history.extend([message(offset + 2 * iteration), message(offset + 2 * iteration + 1)])
+            saved[iteration] = list(history)
+            cp = checkpoint(sid, iteration, history)
+            await append(session_factory, cp, 2, cache=cache, keep_last=10**6)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(runner(0, 0), runner(1, 10_000))
+    for iteration, history in saved.items():
+        assert await load(session_factory, sid, iteration, keep_last=10**6) == history
 
 
 async def test_the_periodic_keyframe_is_built_in_the_database(
