@@ -13,6 +13,7 @@ import redis.exceptions
 from sqlalchemy.engine import make_url
 
 from app.db.engine import mask_password
+from app.db.migrate import SchemaConflict
 from app.domain import DatabaseUnavailable, SessionStoreUnavailable
 
 #: Exit codes: the environment (a server, a login, the schema) and bad usage/configuration.
@@ -63,7 +64,7 @@ def explain(
     db = mask_password(database_url) if database_url else "(DATABASE_URL unset)"
     rd = mask_password(redis_url) if redis_url else "(REDIS_URL unset)"
     for each in _chain(exc):
-        if isinstance(each, SchemaBehind):
+        if isinstance(each, SchemaBehind | SchemaConflict):
             return Problem(str(each))
         if isinstance(
             each, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import app.db.models  # noqa: F401  (registers every table on Base.metadata)
 from app.db.base import Base
 from app.db.engine import create_engine
+from app.db.migrate import VERSION_TABLE, prepare
 from app.settings import Settings
 
 config = context.config
@@ -35,6 +36,7 @@ def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        version_table=VERSION_TABLE,
         compare_type=True,
         compare_server_default=True,
         transaction_per_migration=True,
@@ -43,6 +45,7 @@ def _configure(connection: Connection) -> None:
 
 def do_run_migrations(connection: Connection) -> None:
     _configure(connection)
+    prepare(connection, context.get_context(), target_metadata, context.script)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -82,6 +85,7 @@ def run_migrations_offline() -> None:
     context.configure(
         url=_database_url(),
         target_metadata=target_metadata,
+        version_table=VERSION_TABLE,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
     )
