@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -21,6 +22,12 @@ from tests import scale_servers
 from tests.servers import plain_dsn, provide_servers
 
 RUN_ID = uuid.uuid4().hex[:10]
+
+# Property tests judge correctness, not speed: how fast examples are generated and run
+# depends on what else the machine is doing (test-dates and helpers share two cores),
+# so neither the per-example deadline nor the slow-generation check may fail a run.
+settings.register_profile("project", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("project")
 pytest_plugins = ["tests.fixtures"]
 
 
