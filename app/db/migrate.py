@@ -17,7 +17,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.domain import DomainError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS = PROJECT_ROOT / "migrations"
+#: Inside the package in an installed wheel; ``migrations/`` at the top of a checkout.
+MIGRATIONS = next(
+    (
+        path
+        for path in (
+            Path(__file__).resolve().parents[1] / "migrations",
+            PROJECT_ROOT / "migrations",
+        )
+        if (path / "env.py").is_file()
+    ),
+    PROJECT_ROOT / "migrations",
+)
 
 #: The project's own Alembic version table, so that a database whose other tables
 #: belong to an application with Alembic history of its own (``alembic_version``) can
