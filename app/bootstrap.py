@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.cli_errors import SchemaBehind, explain
 from app.clock import Clock, utc_now
-from app.db.engine import create_engine, create_session_factory, mask_password
+from app.db.engine import Pooler, create_engine, create_session_factory, mask_password
 from app.db.migrate import schema_problem
+from app.domain import InvalidInput
 from app.lifecycle import Runtime
 from app.local_services import LocalServices, local_services
 from app.session_store import RedisSessionStore, connect_redis
@@ -61,6 +62,23 @@ class Connected:
 
 
 @contextlib.asynccontextmanager
+async def _connections(
+    settings: Settings, database_url: str, redis_url: str, *, pooler: Pooler, cluster: bool
+) -> AsyncIterator[tuple[AsyncEngine, RedisSessionStore]]:
+    """One engine and one store for a process, closed when it ends."""
+    engine = create_engine(database_url, pooler=pooler)
+    redis = connect_redis(redis_url, cluster=cluster)
+    store = RedisSessionStore(
+        redis, prefix=settings.redis_prefix, timeout=settings.store_timeout_seconds
+    )
+    try:
+        yield engine, store
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
 async def connect(settings: Settings, *, embedded_ok: bool) -> AsyncIterator[Connected]:
     """Engine, session factory and store; embedded servers when allowed and unconfigured."""
     if not embedded_ok and not (settings.database_url and settings.redis_url):
@@ -72,22 +90,51 @@ async def connect(settings: Settings, *, embedded_ok: bool) -> AsyncIterator[Con
         if services.embedded:
             print(f"embedded PostgreSQL at {mask_password(services.database_url)}", flush=True)
             print(f"embedded Redis at {mask_password(services.redis_url)}", flush=True)
-        # Embedded servers are never behind a pooler or a cluster.
-        engine = create_engine(
+        async with _connections(
+            settings,
             services.database_url,
+            services.redis_url,
+            # Embedded servers are never behind a pooler or a cluster.
             pooler="none" if services.postgres else settings.database_pooler,
-        )
-        redis = connect_redis(
-            services.redis_url, cluster=settings.redis_cluster and not services.redis
-        )
-        store = RedisSessionStore(
-            redis, prefix=settings.redis_prefix, timeout=settings.store_timeout_seconds
-        )
-        try:
+            cluster=settings.redis_cluster and not services.redis,
+        ) as (engine, store):
             yield Connected(engine, create_session_factory(engine), store, services)
-        finally:
-            await redis.aclose()
-            await engine.dispose()
 
 
-__all__ = ["Connected", "UsageError", "connect"]
+@contextlib.asynccontextmanager
+async def open_runtime(
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    clock: Clock | None = None,
+) -> AsyncIterator[Runtime]:
+    """The way in for an application's own process: a :class:`Runtime` over one engine
+    and one Redis client, closed on exit.
+
+    What is not given comes from ``settings``, else from the environment (``Settings()``
+    reads ``DATABASE_URL``, ``REDIS_URL`` and the rest, and ``.env``). No embedded
+    servers: those are for ``make run`` and the tests. A URL that is missing is
+    ``InvalidInput`` naming it; the schema is not checked here (``python -m app status``
+    does that), so a process can start before the database is migrated.
+    """
+    settings = settings if settings is not None else Settings()
+    database_url = database_url or settings.database_url
+    redis_url = redis_url or settings.redis_url
+    if not database_url:
+        raise InvalidInput(
+            "no database URL: pass database_url or set DATABASE_URL", field="database_url"
+        )
+    if not redis_url:
+        raise InvalidInput("no Redis URL: pass redis_url or set REDIS_URL", field="redis_url")
+    async with _connections(
+        settings,
+        database_url,
+        redis_url,
+        pooler=settings.database_pooler,
+        cluster=settings.redis_cluster,
+    ) as (engine, store):
+        yield Runtime(create_session_factory(engine), store, settings, clock or utc_now)
+
+
+__all__ = ["Connected", "UsageError", "connect", "open_runtime"]
