@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from anthropic.types import CacheCreation, ServerToolUsage, Usage
+from anthropic.types import CacheCreation, Message, ServerToolUsage, TextBlock, Usage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
@@ -22,6 +22,7 @@ from app.db.engine import create_engine
 from app.db.migrate import downgrade, upgrade
 from app.db.models import AgentCostEvent, BudgetDay, BudgetReservation, PriceBand
 from app.domain import Decision, InvalidInput, UnknownModel
+from app.integrations.anthropic import charge_message
 from app.lifecycle import Runtime, set_price
 from app.repositories import BudgetRepository, ChargeResult, PriceRepository
 from app.repositories.price_sql import call_cost, fallback_params, usage_binds, usage_params
@@ -364,6 +365,34 @@ async def test_web_search_is_priced_per_use(
         480_000,
     ]
     assert [r.web_search_requests for r in await ledger(session_factory)] == [3, 3, 3, 0]
+
+
+async def test_a_message_with_web_searches_is_charged_in_full(
+    session_factory: Factory, store: RedisSessionStore, no_fallback: Settings
+) -> None:
+    """``integrations.anthropic.charge_message``: the response's usage as the SDK gives it,
+    its server tool use included."""
+    rt = Runtime(session_factory, store, no_fallback, ManualClock(NOW))
+    await make_session(session_factory, model=SONNET_45)
+    message = Message(
+        id="msg_search",
+        type="message",
+        role="assistant",
+        model=SONNET_45,
+        content=[TextBlock(type="text", text="Found it.")],
+        stop_reason="end_turn",
+        stop_sequence=None,
+        usage=Usage(
+            input_tokens=250_000,
+            output_tokens=2_000,
+            server_tool_use=ServerToolUsage(web_search_requests=3, web_fetch_requests=1),
+            service_tier="standard",
+        ),
+    )
+    result = await charge_message(rt, session_id="s-1", message=message)
+    assert result.cost_microdollars == 1_545_000 + 30_000
+    [row] = await ledger(session_factory)
+    assert (row.request_id, row.web_search_requests) == ("msg_search", 3)
 
 
 async def test_web_search_on_a_banded_call(session_factory: Factory, no_fallback: Settings) -> None:
