@@ -372,11 +372,15 @@ def _web_searches(usage: Any, where: str) -> int:
     if isinstance(tools, Mapping):
         counters = dict(tools)
     elif hasattr(tools, "web_search_requests"):
-        # An SDK model: its declared fields, and any the SDK did not know yet.
-        counters = {
-            name: getattr(tools, name)
-            for name in (*type(tools).model_fields, *(getattr(tools, "model_extra", None) or {}))
-        }
+        # An SDK model: its declared fields, and any the SDK did not know yet; another
+        # object: its attributes.
+        declared = getattr(type(tools), "model_fields", None)
+        names = (
+            [*declared, *(getattr(tools, "model_extra", None) or {})]
+            if isinstance(declared, Mapping)
+            else [n for n in getattr(tools, "__dict__", {"web_search_requests": 0})]
+        )
+        counters = {name: getattr(tools, name) for name in names}
     else:
         raise InvalidInput(
             f"{where}server_tool_use must be the counts of server tool requests, not"

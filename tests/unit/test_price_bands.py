@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -133,6 +134,14 @@ def test_server_tool_use_as_a_dict_and_as_an_sdk_object() -> None:
     assert as_dict.web_search_requests == sdk.web_search_requests == 4
     absent = parse_usage({"input_tokens": 1, "output_tokens": 1, "server_tool_use": None})
     assert absent.web_search_requests == 0
+    # Any object with the counters as attributes, unknown ones checked too.
+    plain = SimpleNamespace(input_tokens=1, output_tokens=1)
+    plain.server_tool_use = SimpleNamespace(web_search_requests=2, web_fetch_requests=1)
+    assert parse_usage(plain).web_search_requests == 2
+    plain.server_tool_use.code_execution_requests = 1
+    with pytest.raises(InvalidInput) as caught:
+        parse_usage(plain)
+    assert caught.value.field == "usage.server_tool_use.code_execution_requests"
 
 
 TOOLS = "usage.server_tool_use."
