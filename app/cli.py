@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 from pydantic import ValidationError
 
 from app.bootstrap import Connected, UsageError, connect
-from app.budget.pricing import rates
+from app.budget.pricing import MAX_TOKENS_PER_CALL, Band, Rates, band, rates
 from app.cli_errors import ENVIRONMENT, USAGE, explain
 from app.db.engine import create_engine, mask_password
 from app.db.migrate import upgrade
@@ -363,6 +363,29 @@ def parse_per_mtok(text: str) -> int:
     return int(micro)
 
 
+def parse_band(text: str) -> tuple[int, list[int]]:
+    """A band by prompt size: ``TOKENS:INPUT:OUTPUT`` or
+    ``TOKENS:INPUT:OUTPUT:WRITE_5M:WRITE_1H:READ``, each price as ``parse_per_mtok`` reads
+    it. A call whose prompt has more than TOKENS pays these rates for all its tokens."""
+    parts = text.strip().split(":")
+    if len(parts) not in (3, 6):
+        raise argparse.ArgumentTypeError(
+            f"not a band: {text!r} (TOKENS:INPUT:OUTPUT[:WRITE_5M:WRITE_1H:READ],"
+            " e.g. '200000:$6:$22.50')"
+        )
+    try:
+        threshold = int(parts[0].replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a band's threshold is a whole number of prompt tokens: {parts[0]!r} in {text!r}"
+        ) from None
+    if not 1 <= threshold <= MAX_TOKENS_PER_CALL:
+        raise argparse.ArgumentTypeError(
+            f"a band's threshold must be 1 to {MAX_TOKENS_PER_CALL} tokens: {text!r}"
+        )
+    return threshold, [parse_per_mtok(part) for part in parts[1:]]
+
+
 def parse_time(text: str) -> datetime:
     """An ISO 8601 time with its UTC offset (``2027-01-01T00:00:00Z``); naive is ambiguous."""
     try:
@@ -380,24 +403,33 @@ async def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
         rt = c.runtime(settings)
         try:
             if args.action == "set":
+                base = rates(
+                    args.input,
+                    args.output,
+                    cache_write_5m=args.cache_write_5m,
+                    cache_write_1h=args.cache_write_1h,
+                    cache_read=args.cache_read,
+                )
                 entry = await set_price(
                     rt,
                     model=args.model,
-                    rates=rates(
-                        args.input,
-                        args.output,
-                        cache_write_5m=args.cache_write_5m,
-                        cache_write_1h=args.cache_write_1h,
-                        cache_read=args.cache_read,
-                    ),
+                    rates=base,
                     effective_from=args.from_time,
                     source=args.source,
+                    bands=[_band(base, threshold, figures) for threshold, figures in args.band],
+                    web_search_per_1k=args.web_search_per_1k,
                 )
-                figures = ", ".join(
-                    f"{name} {format_usd(value)}"
-                    for name, value in zip(PRICE_CLASSES, entry.rates, strict=True)
+                print(
+                    f"{entry.model} from {entry.effective_from.isoformat()}:"
+                    f" {_figures(entry.rates)} per Mtok"
                 )
-                print(f"{entry.model} from {entry.effective_from.isoformat()}: {figures} per Mtok")
+                for each in entry.bands:
+                    print(
+                        f"  prompt above {each.threshold_tokens:,} tokens:"
+                        f" {_figures(each.rates)} per Mtok, for every token of the call"
+                    )
+                if entry.web_search_per_1k is not None:
+                    print(f"  web search {format_usd(entry.web_search_per_1k)} per 1,000")
                 return 0
             entries = await list_prices(rt, model=args.model)
         except InvalidInput as exc:
@@ -413,6 +445,14 @@ async def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
                 "model": e.model,
                 "effective_from": e.effective_from.isoformat(),
                 **{f"{n}_per_mtok": v for n, v in zip(PRICE_CLASSES, e.rates, strict=True)},
+                "web_search_per_1k": e.web_search_per_1k,
+                "bands": [
+                    {
+                        "threshold_tokens": b.threshold_tokens,
+                        **{f"{n}_per_mtok": v for n, v in zip(PRICE_CLASSES, b.rates, strict=True)},
+                    }
+                    for b in e.bands
+                ],
                 "in_force": in_force.get(e.model) is e,
                 "source": e.source,
             }
@@ -420,19 +460,43 @@ async def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
         ]
         print(json.dumps(rows, indent=2))
         return 0
-    print("$ per million tokens; * = in force now")
-    head = ("model", "from (UTC)", "input", "output", "write 5m", "write 1h", "read")
+    print(
+        "$ per million tokens (web search: $ per 1,000); * = in force now; a band bills every"
+        " token of a call whose prompt (input + cache writes + reads) passes its threshold"
+    )
+    head = ("model", "from (UTC)", "input", "output", "write 5m", "write 1h", "read", "search")
     print(f"  {head[0]:<28} {head[1]:<20}" + "".join(f" {h:>10}" for h in head[2:]))
     for e in entries:
         mark = "*" if in_force.get(e.model) is e else " "
         start = e.effective_from.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+        search = "-" if e.web_search_per_1k is None else format_usd(e.web_search_per_1k)
         print(
-            f"{mark} {e.model:<28} {start:<20}" + "".join(f" {format_usd(v):>10}" for v in e.rates)
+            f"{mark} {e.model:<28} {start:<20}"
+            + "".join(f" {format_usd(v):>10}" for v in e.rates)
+            + f" {search:>10}"
         )
+        for b in e.bands:
+            label = f"prompt > {b.threshold_tokens:,}"
+            print(f"  {'':<28} {label:<20}" + "".join(f" {format_usd(v):>10}" for v in b.rates))
     sources = sorted({e.source for e in entries})
     for source in sources:
         print(f"source: {source}")
     return 0
+
+
+def _figures(values: Rates) -> str:
+    return ", ".join(
+        f"{name} {format_usd(value)}" for name, value in zip(PRICE_CLASSES, values, strict=True)
+    )
+
+
+def _band(base: Rates, threshold: int, figures: list[int]) -> Band:
+    """A ``--band`` as a ``pricing.Band``: given only input and output, its cache classes
+    are the base row's scaled like its input (``pricing.band``)."""
+    if len(figures) == 2:
+        return band(threshold, base, figures[0], figures[1])
+    i, o, w5, w1, r = figures
+    return band(threshold, base, i, o, cache_write_5m=w5, cache_write_1h=w1, cache_read=r)
 
 
 def print_purge(report: PurgeReport, *, older_than: int, as_json: bool) -> None:
@@ -546,6 +610,24 @@ def build_parser() -> argparse.ArgumentParser:
         )
     pset.add_argument(
         "--cache-read", type=parse_per_mtok, default=None, help=f"{per_mtok}; default 0.1x input"
+    )
+    pset.add_argument(
+        "--band",
+        type=parse_band,
+        action="append",
+        default=[],
+        metavar="TOKENS:INPUT:OUTPUT[:WRITE_5M:WRITE_1H:READ]",
+        help="a call whose prompt (input + cache writes + reads) has more than TOKENS pays"
+        " these rates for ALL its tokens, e.g. '200000:$6:$22.50'; cache classes left out"
+        " scale like the input; repeat for more bands",
+    )
+    pset.add_argument(
+        "--web-search-per-1k",
+        type=parse_per_mtok,
+        default=None,
+        metavar="PRICE",
+        help="web search per 1,000 requests: microdollars or dollars ($10); without it a"
+        " call that searched is refused",
     )
     pset.add_argument(
         "--from",

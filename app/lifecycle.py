@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import usage_metrics
 from app.budget import policy
-from app.budget.pricing import Rates
+from app.budget.pricing import Band, Rates
 from app.clock import Clock, utc_now
 from app.db.models import AgentCheckpoint, AgentSession
 from app.domain import (
@@ -871,6 +871,8 @@ async def set_price(
     effective_from: datetime,
     source: str,
     now: datetime | None = None,
+    bands: Sequence[Band] = (),
+    web_search_per_1k: int | None = None,
 ) -> PriceEntry:
     """Add ``model``'s price from ``effective_from`` on (``python -m app prices set``).
 
@@ -887,7 +889,12 @@ async def set_price(
         )
     async with rt.session_factory.begin() as s:
         return await PriceRepository(s).add(
-            model=model, rates=rates, effective_from=start, source=source
+            model=model,
+            rates=rates,
+            effective_from=start,
+            source=source,
+            bands=bands,
+            web_search_per_1k=web_search_per_1k,
         )
 
 

@@ -21,8 +21,27 @@ OPUS = "claude-opus-4-20250514"
 SONNET = "claude-sonnet-4-20250514"
 
 
+class ModelPriceBand(BaseModel):
+    """The rates of every token of a call whose prompt (input + cache writes + cache
+    reads) has more than ``threshold_tokens``, in microdollars per million tokens. A
+    cache class left out is the base price's rate for it scaled like the input rate."""
+
+    model_config = {"frozen": True}
+
+    threshold_tokens: PositiveInt
+    input_per_mtok: NonNegativeInt
+    output_per_mtok: NonNegativeInt
+    cache_write_5m_per_mtok: NonNegativeInt | None = None
+    cache_write_1h_per_mtok: NonNegativeInt | None = None
+    cache_read_per_mtok: NonNegativeInt | None = None
+
+
+_CACHE_CLASSES = ("cache_write_5m_per_mtok", "cache_write_1h_per_mtok", "cache_read_per_mtok")
+
+
 class ModelPrice(BaseModel):
-    """Price of one model in microdollars per million tokens, one figure per token class.
+    """Price of one model in microdollars per million tokens, one figure per token class,
+    with optional bands by prompt size and a web search price per 1,000 requests.
 
     The prompt-cache classes default to Anthropic's multipliers of the input price
     (DESIGN.md §6b): 5-minute writes 1.25x, 1-hour writes 2x, reads 0.1x.
@@ -35,6 +54,8 @@ class ModelPrice(BaseModel):
     cache_write_5m_per_mtok: NonNegativeInt | None = None
     cache_write_1h_per_mtok: NonNegativeInt | None = None
     cache_read_per_mtok: NonNegativeInt | None = None
+    bands: tuple[ModelPriceBand, ...] = ()
+    web_search_per_1k: NonNegativeInt | None = None
 
     @model_validator(mode="after")
     def _derive_cache_prices(self) -> ModelPrice:
@@ -47,14 +68,44 @@ class ModelPrice(BaseModel):
         for name, value in derived.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        thresholds = [b.threshold_tokens for b in self.bands]
+        if len(set(thresholds)) != len(thresholds):
+            raise ValueError(f"two bands share a threshold: {thresholds}")
+        bands = []
+        for each in sorted(self.bands, key=lambda b: b.threshold_tokens):
+            filled = {}
+            for name in _CACHE_CLASSES:
+                if getattr(each, name) is not None:
+                    continue
+                if self.input_per_mtok == 0:
+                    raise ValueError(f"band {name} must be given when input_per_mtok is 0")
+                base: int = getattr(self, name)
+                filled[name] = base * each.input_per_mtok // self.input_per_mtok
+            bands.append(each.model_copy(update=filled) if filled else each)
+        object.__setattr__(self, "bands", tuple(bands))
         return self
 
 
+#: Web search on Anthropic's API: $10 per 1,000 requests, in µ$ per 1,000.
+WEB_SEARCH_PER_1K = 10_000_000
+
+
 def default_prices() -> dict[str, ModelPrice]:
-    """The built-in price list (DESIGN.md §6)."""
+    """The built-in price list (DESIGN.md §6): the fallback for a model the ``prices``
+    table has no row for at the charge's time. Flat, as DESIGN.md §6 gives it: the
+    table's seeded rows carry the bands (Sonnet 4 above 200k prompt tokens at $6 /
+    $22.50, docs/pricing.md), and MODEL_PRICES may carry them too."""
     return {
-        OPUS: ModelPrice(input_per_mtok=15_000_000, output_per_mtok=75_000_000),
-        SONNET: ModelPrice(input_per_mtok=3_000_000, output_per_mtok=15_000_000),
+        OPUS: ModelPrice(
+            input_per_mtok=15_000_000,
+            output_per_mtok=75_000_000,
+            web_search_per_1k=WEB_SEARCH_PER_1K,
+        ),
+        SONNET: ModelPrice(
+            input_per_mtok=3_000_000,
+            output_per_mtok=15_000_000,
+            web_search_per_1k=WEB_SEARCH_PER_1K,
+        ),
     }
 
 
@@ -96,7 +147,9 @@ class Settings(BaseSettings):
     # These are the fallback for a model that table has no price for at the charge's
     # time; JSON in the environment: {"model": {"input_per_mtok": .., "output_per_mtok":
     # .., "cache_write_5m_per_mtok": .., "cache_write_1h_per_mtok": ..,
-    # "cache_read_per_mtok": ..}} (the cache classes default to 1.25x / 2x / 0.1x input).
+    # "cache_read_per_mtok": .., "web_search_per_1k": .., "bands": [{"threshold_tokens":
+    # 200000, "input_per_mtok": .., "output_per_mtok": ..}]}} (the cache classes default
+    # to 1.25x / 2x / 0.1x input; a band's to the base's scaled like its input).
     model_prices: dict[str, ModelPrice] = Field(default_factory=default_prices)
     # An unsettled reservation (BudgetRepository.reserve) stops counting after this long.
     reservation_ttl_seconds: PositiveInt = 600

@@ -2,8 +2,11 @@
 
 Every token class has its own price in microdollars per million tokens, and each class
 is priced and floored on its own; the Batch API halves every class before the floor.
-``app.repositories.budget_rules.usage_cost`` is this module's twin in SQL, which the
-charge runs so that the effective-dated price is looked up in the same statement.
+A price may carry bands by prompt size (:class:`Tariff`): a call whose prompt (input +
+cache writes + cache reads) passes a band's threshold pays that band's rates for all its
+tokens. Server tools are priced per use (web search per 1,000 requests), never halved.
+``app.repositories.price_sql`` is this module's twin in SQL, which the charge runs so that
+the effective-dated price and its band are looked up in the same statement.
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ MAX_PRICE_PER_MTOK: Final = 10**12
 BATCH_DIVISOR: Final = 2
 #: ``usage.service_tier`` values; only "batch" changes the price.
 SERVICE_TIERS: Final = frozenset({"standard", "priority", "batch"})
+#: Web search is priced per this many requests (Anthropic: $10 per 1,000).
+SEARCHES_PER_PRICE_UNIT: Final = 1_000
+#: ``usage.server_tool_use`` counters the provider does not bill (web fetch costs only
+#: the tokens it adds to the prompt); any other non-zero counter without a price is
+#: refused rather than ignored.
+UNBILLED_SERVER_TOOLS: Final = frozenset({"web_fetch_requests"})
+#: ``usage.inference_geo`` values billed at the standard price.
+STANDARD_GEOS: Final = frozenset({"global", "not_available"})
 
 
 class Rates(NamedTuple):
@@ -74,6 +85,115 @@ def rates_of(price: ModelPrice) -> Rates:
     )
 
 
+class Band(NamedTuple):
+    """Rates for every token of a call whose prompt has more than ``threshold_tokens``."""
+
+    threshold_tokens: int
+    rates: Rates
+
+
+def band(
+    threshold_tokens: int,
+    base: Rates,
+    input_per_mtok: int,
+    output_per_mtok: int,
+    *,
+    cache_write_5m: int | None = None,
+    cache_write_1h: int | None = None,
+    cache_read: int | None = None,
+) -> Band:
+    """A checked band. A cache class left out is the base row's rate for that class scaled
+    like the input rate (Sonnet 4.5: input $3 -> $6, so reads $0.30 -> $0.60), which
+    keeps a model's own cache ratios; with a base input of 0 every class must be given."""
+    threshold = require_int(
+        threshold_tokens, "threshold_tokens", minimum=1, maximum=MAX_TOKENS_PER_CALL
+    )
+    i = require_int(input_per_mtok, "band input_per_mtok", maximum=MAX_PRICE_PER_MTOK)
+    o = require_int(output_per_mtok, "band output_per_mtok", maximum=MAX_PRICE_PER_MTOK)
+    given = {
+        "cache_write_5m": (cache_write_5m, base.cache_write_5m),
+        "cache_write_1h": (cache_write_1h, base.cache_write_1h),
+        "cache_read": (cache_read, base.cache_read),
+    }
+    out: dict[str, int] = {}
+    for name, (value, base_rate) in given.items():
+        if value is not None:
+            out[name] = require_int(value, f"band {name}_per_mtok", maximum=MAX_PRICE_PER_MTOK)
+        elif base.input > 0:
+            out[name] = base_rate * i // base.input
+        else:
+            raise InvalidInput(
+                f"band {name}_per_mtok must be given: the base input price is 0, so it"
+                " cannot be scaled from it",
+                field=f"{name}_per_mtok",
+            )
+    return Band(threshold, Rates(i, o, **out))
+
+
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    """A model's whole price: ``rates`` for a call whose prompt passes no band, ``bands``
+    by ascending threshold, and web search in µ$ per 1,000 requests (None: not priced,
+    so a call that used it is refused)."""
+
+    rates: Rates
+    bands: tuple[Band, ...] = ()
+    web_search_per_1k: int | None = None
+
+    def rates_for(self, prompt_tokens: int) -> Rates:
+        """The rates of a call whose prompt has ``prompt_tokens``: the highest band whose
+        threshold it passes (has more tokens than), else the base rates."""
+        chosen = self.rates
+        for each in self.bands:
+            if prompt_tokens > each.threshold_tokens:
+                chosen = each.rates
+        return chosen
+
+
+def tariff(base: Rates, bands: Any = (), web_search_per_1k: int | None = None) -> Tariff:
+    """A checked ``Tariff``: bands with distinct thresholds (sorted here), each a ``Band``."""
+    if not isinstance(base, Rates):
+        raise InvalidInput(f"rates must be pricing.Rates, not {type(base).__name__}", field="rates")
+    found = tuple(bands)
+    for each in found:
+        if not isinstance(each, Band) or not isinstance(each.rates, Rates):
+            raise InvalidInput(
+                f"bands must be pricing.Band values, not {type(each).__name__}", field="bands"
+            )
+    ordered = tuple(sorted(found, key=lambda b: b.threshold_tokens))
+    thresholds = [b.threshold_tokens for b in ordered]
+    if len(set(thresholds)) != len(thresholds):
+        raise InvalidInput(f"two bands share a threshold: {thresholds}", field="bands")
+    search = (
+        None
+        if web_search_per_1k is None
+        else require_int(web_search_per_1k, "web_search_per_1k", maximum=MAX_PRICE_PER_MTOK)
+    )
+    return Tariff(base, ordered, search)
+
+
+def tariff_of(price: ModelPrice) -> Tariff:
+    """A configured ``ModelPrice`` (bands and web search included) as a ``Tariff``."""
+    base = rates_of(price)
+    return tariff(
+        base,
+        [
+            Band(
+                b.threshold_tokens,
+                rates(
+                    b.input_per_mtok,
+                    b.output_per_mtok,
+                    cache_write_5m=b.cache_write_5m_per_mtok,
+                    cache_write_1h=b.cache_write_1h_per_mtok,
+                    cache_read=b.cache_read_per_mtok,
+                ),
+            )
+            for b in price.bands
+        ],
+        price.web_search_per_1k,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
     """What one call used, by token class. ``cache_creation_input_tokens`` counts every
@@ -86,10 +206,17 @@ class TokenUsage:
     cache_creation_1h_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     batch: bool = False
+    #: ``usage.server_tool_use.web_search_requests``: priced per use, not per token.
+    web_search_requests: int = 0
 
     @property
     def cache_creation_5m_input_tokens(self) -> int:
         return self.cache_creation_input_tokens - self.cache_creation_1h_input_tokens
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt as the provider counts it for bands: input + cache writes + reads."""
+        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
 
 def token_usage(
@@ -100,6 +227,7 @@ def token_usage(
     cache_creation_1h_input_tokens: Any = 0,
     cache_read_input_tokens: Any = 0,
     batch: Any = False,
+    web_search_requests: Any = 0,
     where: str = "",
 ) -> TokenUsage:
     """A checked ``TokenUsage``; ``InvalidInput`` names the field (prefixed by ``where``)."""
@@ -126,6 +254,7 @@ def token_usage(
         cache_creation_1h_input_tokens=hour,
         cache_read_input_tokens=count(cache_read_input_tokens, "cache_read_input_tokens"),
         batch=batch,
+        web_search_requests=count(web_search_requests, "web_search_requests"),
     )
 
 
@@ -142,8 +271,10 @@ def parse_usage(usage: Any, *, field: str = "usage") -> TokenUsage:
     ``cache_read_input_tokens``, the ``cache_creation`` breakdown
     (``ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``) and
     ``service_tier`` ("batch" halves the price). Without a breakdown every cache write
-    is priced at the 5-minute rate. Missing or ``None`` cache fields count as 0; other
-    fields (server tool use, inference geography) are not priced here.
+    is priced at the 5-minute rate. Missing or ``None`` cache fields count as 0.
+    ``server_tool_use.web_search_requests`` is priced per use; a field that would change
+    the bill and has no price here (``speed: "fast"``, an ``inference_geo`` other than
+    "global", a server tool counter other than web search and web fetch) is refused.
     """
     if usage is None or isinstance(usage, str | bytes | int | float | list | tuple):
         raise InvalidInput(
@@ -170,6 +301,9 @@ def parse_usage(usage: Any, *, field: str = "usage") -> TokenUsage:
             f"{where}speed {speed!r} is not priced (only standard speed is)",
             field=where + "speed",
         )
+
+    _check_geo(usage, where)
+    searches = _web_searches(usage, where)
 
     def zero(value: Any) -> Any:
         return 0 if value is None else value
@@ -212,8 +346,65 @@ def parse_usage(usage: Any, *, field: str = "usage") -> TokenUsage:
         cache_creation_1h_input_tokens=hour,
         cache_read_input_tokens=zero(_field(usage, "cache_read_input_tokens")),
         batch=tier == "batch",
+        web_search_requests=searches,
         where=where,
     )
+
+
+def _check_geo(usage: Any, where: str) -> None:
+    # US-only inference is billed at a multiple of every class on the models that offer
+    # it; no price here holds that multiple, so refuse rather than undercharge.
+    geo = _field(usage, "inference_geo")
+    if geo is not None and geo not in STANDARD_GEOS:
+        raise InvalidInput(
+            f"{where}inference_geo {geo!r} is not priced (only global inference is)",
+            field=where + "inference_geo",
+        )
+
+
+def _web_searches(usage: Any, where: str) -> int:
+    """``usage.server_tool_use.web_search_requests`` (0 when absent), after checking that
+    no other counter bills something that has no price here."""
+    tools = _field(usage, "server_tool_use")
+    if tools is None:
+        return 0
+    twhere = where + "server_tool_use."
+    if isinstance(tools, Mapping):
+        counters = dict(tools)
+    elif hasattr(tools, "web_search_requests"):
+        # An SDK model: its declared fields, and any the SDK did not know yet; another
+        # object: its attributes.
+        declared = getattr(type(tools), "model_fields", None)
+        names = (
+            [*declared, *(getattr(tools, "model_extra", None) or {})]
+            if isinstance(declared, Mapping)
+            else [n for n in getattr(tools, "__dict__", {"web_search_requests": 0})]
+        )
+        counters = {name: getattr(tools, name) for name in names}
+    else:
+        raise InvalidInput(
+            f"{where}server_tool_use must be the counts of server tool requests, not"
+            f" {type(tools).__name__}",
+            field=where + "server_tool_use",
+        )
+    searches = 0
+    for name, value in counters.items():
+        if not isinstance(name, str):
+            raise InvalidInput(
+                f"{twhere[:-1]} has a key that is not a name: {name!r}", field=twhere[:-1]
+            )
+        count = require_int(
+            0 if value is None else value, twhere + name, maximum=MAX_TOKENS_PER_CALL
+        )
+        if name == "web_search_requests":
+            searches = count
+        elif name not in UNBILLED_SERVER_TOOLS and count:
+            raise InvalidInput(
+                f"{twhere}{name} ({count}) is not priced: only web search requests are"
+                " billed per use here",
+                field=twhere + name,
+            )
+    return searches
 
 
 def _class_cost(tokens: int, per_mtok: int, divisor: int) -> int:
@@ -245,6 +436,42 @@ def worst_case_cost(
     )
 
 
+def web_search_cost(price: Tariff, requests: int, *, model: str = "") -> int:
+    """What ``requests`` web searches cost at ``price`` (floored; a batch pays in full:
+    no batch rate is published for them). Searches without a price: ``InvalidInput``."""
+    if requests == 0:
+        return 0
+    if price.web_search_per_1k is None:
+        raise InvalidInput(
+            f"web search has no price{f' for model {model!r}' if model else ''}: add one"
+            " (`python -m app prices set ... --web-search-per-1k`) before charging"
+            f" {requests} search(es)",
+            field="web_search_requests",
+        )
+    return requests * price.web_search_per_1k // SEARCHES_PER_PRICE_UNIT
+
+
+def call_cost(price: Tariff, usage: TokenUsage, *, model: str = "") -> int:
+    """Cost of one call: its tokens at the rates of the band its prompt falls into (every
+    token, not only those above the threshold), plus its web searches."""
+    return usage_cost(price.rates_for(usage.prompt_tokens), usage) + web_search_cost(
+        price, usage.web_search_requests, model=model
+    )
+
+
+def worst_case_call_cost(
+    price: Tariff, max_input_tokens: int, max_output_tokens: int, max_cache_creation: int = 0
+) -> int:
+    """What a reservation books under a tariff: ``worst_case_cost`` at the band that the
+    largest prompt it allows (input + cache writes) falls into."""
+    return worst_case_cost(
+        price.rates_for(max_input_tokens + max_cache_creation),
+        max_input_tokens,
+        max_output_tokens,
+        max_cache_creation,
+    )
+
+
 def price_of(model: str, prices: Mapping[str, ModelPrice]) -> ModelPrice:
     """The configured price of ``model``; an unknown model is an error, never a guess."""
     try:
@@ -263,9 +490,10 @@ def cost_microdollars(
     cache_creation_1h_input_tokens: int = 0,
     cache_read_input_tokens: int = 0,
     batch: bool = False,
+    web_search_requests: int = 0,
 ) -> int:
     """Cost of one call in microdollars at a configured price list (the built-in one by
-    default), with integer arithmetic only."""
+    default), bands and web search included, with integer arithmetic only."""
     price = price_of(model, default_prices() if prices is None else prices)
     usage = token_usage(
         input_tokens=input_tokens,
@@ -274,5 +502,6 @@ def cost_microdollars(
         cache_creation_1h_input_tokens=cache_creation_1h_input_tokens,
         cache_read_input_tokens=cache_read_input_tokens,
         batch=batch,
+        web_search_requests=web_search_requests,
     )
-    return usage_cost(rates_of(price), usage)
+    return call_cost(tariff_of(price), usage, model=model)

@@ -21,6 +21,7 @@ from app.db.models import (
     BudgetDay,
     BudgetReservation,
     Price,
+    PriceBand,
     UserSettings,
 )
 
@@ -32,6 +33,7 @@ budget_credits = cast(Table, BudgetCredit.__table__)
 budget_days = cast(Table, BudgetDay.__table__)
 budget_reservations = cast(Table, BudgetReservation.__table__)
 prices = cast(Table, Price.__table__)
+price_bands = cast(Table, PriceBand.__table__)
 user_settings = cast(Table, UserSettings.__table__)
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "budget_credits",
     "budget_days",
     "budget_reservations",
+    "price_bands",
     "prices",
     "user_settings",
 ]

@@ -35,7 +35,10 @@ async def charge_message(
     now: datetime | None = None,
 ) -> ChargeResult:
     """Charge one response: ``message.id`` is the request id, ``message.model`` the model,
-    and ``message.usage`` is priced in full (cache writes by TTL, cache reads, batch).
+    and ``message.usage`` is priced in full (cache writes by TTL, cache reads, batch, the
+    band its prompt falls into, and ``server_tool_use.web_search_requests`` per use); a
+    usage field that changes the bill and has no price is ``InvalidInput``, nothing
+    written (docs/pricing.md).
 
     Pass ``request_id`` to charge under your own id instead, e.g. the one a
     ``reserve()`` before the call booked under (the provider's id is not known then).

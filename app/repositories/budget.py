@@ -9,13 +9,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
-    ColumnElement,
     Date,
     DateTime,
-    Integer,
-    Numeric,
     Select,
     String,
     and_,
@@ -24,7 +20,6 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    literal,
     or_,
     select,
     true,
@@ -35,19 +30,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.budget import policy
 from app.budget.pricing import (
-    BATCH_DIVISOR,
     MAX_TOKENS_PER_CALL,
-    TOKENS_PER_PRICE_UNIT,
     TokenUsage,
     parse_usage,
-    rates_of,
+    tariff_of,
     token_usage,
 )
 from app.db import tables
 from app.domain import Decision, InvalidInput, SessionNotFound, SessionStatus, Tier, UnknownModel
-from app.repositories.budget_rules import saturating_add, stops, usage_cost, within_cap
+from app.repositories.budget_rules import saturating_add, stops, within_cap
 from app.repositories.errors import translate_errors, translated
 from app.repositories.events import EventRepository, threshold_events
+from app.repositories.price_sql import (
+    call_cost,
+    fallback_params,
+    usage_binds,
+    usage_params,
+    worst_cost,
+)
+from app.repositories.prices import PriceRepository
 from app.repositories.sql import core_connection
 from app.settings import Settings
 from app.validation import (
@@ -56,15 +57,6 @@ from app.validation import (
     require_aware,
     require_int,
     require_text,
-)
-
-#: The price classes, in the order the statements bind their fallbacks.
-PRICE_CLASSES: Final = (
-    "input_per_mtok",
-    "output_per_mtok",
-    "cache_write_5m_per_mtok",
-    "cache_write_1h_per_mtok",
-    "cache_read_per_mtok",
 )
 
 
@@ -88,28 +80,6 @@ class Reservation:
     granted: bool
     reserved_microdollars: int
     decision: Decision
-
-
-def _rates(model: ColumnElement[Any], at: ColumnElement[Any]) -> dict[str, ColumnElement[Any]]:
-    """The model's price per class in force at ``at``: the newest ``prices`` row from
-    ``at`` or before (one backward step on the primary key), else the configured
-    fallback bound as ``p_fallback_<class>`` (NULL when there is none). Scalar
-    subqueries of the statement itself: the lookup costs no round trip."""
-    p = tables.prices.c
-    newest = (
-        select(*(p[name] for name in PRICE_CLASSES))
-        .where(p.model == model, p.effective_from <= at)
-        .order_by(p.effective_from.desc())
-        .limit(1)
-        .cte("price")
-    )
-    return {
-        name: func.coalesce(
-            select(newest.c[name]).scalar_subquery(),
-            bindparam(f"p_fallback_{name}", type_=BigInteger),
-        )
-        for name in PRICE_CLASSES
-    }
 
 
 def _owner() -> Any:
@@ -139,31 +109,9 @@ def _build_charge_statement() -> Select[Any]:
     # Parameter names must not match column names: UPDATE would read them as SET values.
     day = bindparam("p_day", type_=Date)
     request_id = bindparam("p_request_id", type_=String)
-    tokens = {
-        name: bindparam(f"p_{name}", type_=Integer)
-        for name in (
-            "input_tokens",
-            "output_tokens",
-            "cache_creation_input_tokens",
-            "cache_creation_1h_input_tokens",
-            "cache_read_input_tokens",
-        )
-    }
+    tokens = usage_binds()
     owner = _owner()
-    rate = _rates(bindparam("p_model", type_=String), bindparam("p_at", type_=DateTime(True)))
-    cost = usage_cost(
-        [
-            (tokens["input_tokens"], rate["input_per_mtok"]),
-            (
-                tokens["cache_creation_input_tokens"] - tokens["cache_creation_1h_input_tokens"],
-                rate["cache_write_5m_per_mtok"],
-            ),
-            (tokens["cache_creation_1h_input_tokens"], rate["cache_write_1h_per_mtok"]),
-            (tokens["cache_read_input_tokens"], rate["cache_read_per_mtok"]),
-            (tokens["output_tokens"], rate["output_per_mtok"]),
-        ],
-        bindparam("p_divisor", type_=Numeric),
-    )
+    cost = call_cost(tokens)
     priced = select(cost.label("cost")).cte("priced")
     event = (
         insert(tables.agent_cost_events)
@@ -270,15 +218,7 @@ def _build_reserve_statement() -> Select[Any]:
     now = bindparam("p_at", type_=DateTime(True))
     request_id = bindparam("p_request_id", type_=String)
     owner = _owner()
-    rate = _rates(bindparam("p_model", type_=String), now)
-    worst = usage_cost(
-        [
-            (bindparam("p_max_input_tokens", type_=Integer), rate["input_per_mtok"]),
-            (bindparam("p_max_output_tokens", type_=Integer), rate["output_per_mtok"]),
-            (bindparam("p_max_cache_tokens", type_=Integer), rate["cache_write_1h_per_mtok"]),
-        ],
-        literal(TOKENS_PER_PRICE_UNIT, Numeric()),
-    )
+    worst = worst_cost()
     priced = select(worst.label("worst")).cte("priced")
     user = select(owner.c.clerk_user_id).scalar_subquery()
     locked = (
@@ -426,14 +366,34 @@ class BudgetRepository:
         }
         return moment, day, params
 
-    def _fallback(self, model: str) -> dict[str, int | None]:
-        # The configured price, for a model the prices table has no row for at the time.
+    def _fallback(self, model: str, prompt_tokens: int = 0) -> dict[str, int | None]:
+        # The configured price, for a model the prices table has no row for at the time,
+        # at the band a prompt of ``prompt_tokens`` falls into.
         configured = self.settings.model_prices.get(model)
-        figures = None if configured is None else rates_of(configured)
-        return {
-            f"p_fallback_{name}": None if figures is None else figures[i]
-            for i, name in enumerate(PRICE_CLASSES)
-        }
+        return fallback_params(None if configured is None else tariff_of(configured), prompt_tokens)
+
+    def _worst_params(self, model: str, params: dict[str, Any]) -> dict[str, Any]:
+        # A reservation's band is that of the largest prompt it allows: input + writes.
+        prompt = params["p_max_input_tokens"] + params["p_max_cache_tokens"]
+        return {"p_prompt_tokens": prompt, **self._fallback(model, prompt)}
+
+    async def _unpriced(
+        self, model: str, usage: TokenUsage, at: datetime
+    ) -> InvalidInput | UnknownModel:
+        """Why a charge found no cost: the model has no price at ``at``, or it has one but
+        the call used web search and that has none (only on this error path)."""
+        if usage.web_search_requests:
+            entry = await PriceRepository(self.session).in_force(model, at=at)
+            configured = self.settings.model_prices.get(model)
+            if entry is not None or configured is not None:
+                return InvalidInput(
+                    f"web_search_requests ({usage.web_search_requests}): model"
+                    f" {model!r} has no web search price at {at.isoformat()}; add one"
+                    " (`python -m app prices set ... --web-search-per-1k`) before"
+                    " charging, nothing was written",
+                    field="web_search_requests",
+                )
+        return UnknownModel(model)
 
     # ----------------------------------------------------------------- charge
 
@@ -450,11 +410,15 @@ class BudgetRepository:
         cache_read_input_tokens: int = 0,
         batch: bool = False,
         now: datetime | None = None,
+        web_search_requests: int = 0,
     ) -> ChargeResult:
         """Record one LLM call (BDGT-06) and return the day's decision.
 
         Every token class is priced at the model's price in force at ``now`` and floored
-        on its own; ``batch`` halves every class (DESIGN.md §6b).
+        on its own; ``batch`` halves every class (DESIGN.md §6b). A call whose prompt
+        (input + cache writes + cache reads) passes a band's threshold pays the band's
+        rates for all its tokens; ``web_search_requests`` are priced per 1,000 (a model
+        without a web search price refuses them with ``InvalidInput``, nothing written).
         ``cache_creation_input_tokens`` counts every cache write and
         ``cache_creation_1h_input_tokens`` the part of them with the 1-hour TTL.
         Idempotent on ``request_id``: a repeat charges nothing and reports the original
@@ -471,6 +435,7 @@ class BudgetRepository:
             cache_creation_1h_input_tokens=cache_creation_1h_input_tokens,
             cache_read_input_tokens=cache_read_input_tokens,
             batch=batch,
+            web_search_requests=web_search_requests,
         )
         return await self._charge(session_id, request_id, model, usage, now)
 
@@ -501,13 +466,8 @@ class BudgetRepository:
         with translate_errors(session_id=session_id):
             params: dict[str, Any] = {
                 **call,
-                "p_input_tokens": usage.input_tokens,
-                "p_output_tokens": usage.output_tokens,
-                "p_cache_creation_input_tokens": usage.cache_creation_input_tokens,
-                "p_cache_creation_1h_input_tokens": usage.cache_creation_1h_input_tokens,
-                "p_cache_read_input_tokens": usage.cache_read_input_tokens,
-                "p_batch": usage.batch,
-                "p_divisor": TOKENS_PER_PRICE_UNIT * (BATCH_DIVISOR if usage.batch else 1),
+                **usage_params(usage),
+                **self._fallback(model, usage.prompt_tokens),
             }
             # Core on the session's connection: no ORM bookkeeping on the hot path.
             connection = await core_connection(self.session)
@@ -515,7 +475,7 @@ class BudgetRepository:
             if not row.found:
                 raise SessionNotFound(session_id)
             if row.cost is None:
-                raise UnknownModel(model)
+                raise await self._unpriced(model, usage, moment)
             if not row.inserted:
                 return await self._duplicate(request_id, session_id, day)
             cost = int(row.cost)
@@ -576,6 +536,7 @@ class BudgetRepository:
                 maximum=MAX_TOKENS_PER_CALL,
             ),
         }
+        params.update(self._worst_params(model, params))
         with translate_errors(session_id=session_id):
             connection = await core_connection(self.session)
             row = (await connection.execute(_RESERVE, params)).one()

@@ -53,8 +53,9 @@ def test_money_columns_are_bigint() -> None:
         for c in table.columns
         if c.name.endswith(("microdollars", "_per_mtok"))
     ]
-    # 9, plus the day's reserved amount, a reservation's amount and five price classes.
-    assert len(money) == 16
+    # 9, plus the day's reserved amount, a reservation's amount, five price classes and
+    # the same five of a price band.
+    assert len(money) == 21
     assert all(isinstance(c.type, BigInteger) for c in money), [
         f"{c.table.name}.{c.name}" for c in money if not isinstance(c.type, BigInteger)
     ]
@@ -86,6 +87,7 @@ def test_all_models_exported() -> None:
         "BudgetDay",
         "BudgetReservation",
         "Price",
+        "PriceBand",
         "UserSettings",
     }
     assert {m.__tablename__ for m in (AgentCostEvent, BudgetDay)} == {

@@ -7,7 +7,7 @@ from app.db.models.agent_session import AgentSession
 from app.db.models.budget_credit import BudgetCredit
 from app.db.models.budget_day import BudgetDay
 from app.db.models.budget_reservation import BudgetReservation
-from app.db.models.price import Price
+from app.db.models.price import Price, PriceBand
 from app.db.models.user_settings import UserSettings
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "BudgetDay",
     "BudgetReservation",
     "Price",
+    "PriceBand",
     "UserSettings",
 ]

@@ -29,6 +29,7 @@ class AgentCostEvent(Base):
             name="cache_1h_within_writes",
         ),
         CheckConstraint("cache_read_input_tokens >= 0", name="cache_read_non_negative"),
+        CheckConstraint("web_search_requests >= 0", name="web_search_requests_non_negative"),
         Index(None, "clerk_user_id", "budget_day"),
         # A session's latest charge is a sign of its runner's life (DESIGN.md §8).
         Index(None, "session_id", "created_at"),
@@ -47,6 +48,8 @@ class AgentCostEvent(Base):
     cache_creation_1h_input_tokens: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     cache_read_input_tokens: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     batch: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Server tool use priced per use (DESIGN.md §6b; docs/pricing.md).
+    web_search_requests: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     id: Mapped[int] = mapped_column(
         BigInteger, Identity(), primary_key=True, init=False, repr=False, sort_order=-1
     )
