@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps test test-unit test-dates lint format typecheck check migrate run demo worker daemon status bench bench-quick soak clean
+.PHONY: help install system-deps test test-unit test-dates lint format typecheck check migrate run demo worker daemon status bench bench-quick soak docs docs-build clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,7 +42,13 @@ format: install  ## apply ruff's formatting and safe fixes
 typecheck: install  ## mypy --strict on app, tests and benchmarks
 	$(VENV)/bin/mypy --strict app tests benchmarks
 
-check: lint typecheck test  ## lint + types + tests, what CI runs
+docs-build: install  ## build the manual (docs/) with mkdocs --strict: a broken link fails
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs: install  ## serve the manual on http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+check: lint typecheck docs-build test  ## lint + types + docs + tests, what CI runs
 
 migrate: install  ## upgrade DATABASE_URL to head
 	$(PY) -m app migrate

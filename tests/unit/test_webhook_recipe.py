@@ -1,4 +1,4 @@
-"""The README's webhook verification recipe accepts what the deliverer signs and
+"""The operations page's webhook verification recipe accepts what the deliverer signs and
 refuses a wrong secret, a changed body and an old timestamp."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from typing import Any
 
 from app.webhooks import sign
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 def recipe() -> Callable[..., bool]:
     found = re.search(
         r"<!-- example:verify-webhook -->\s*```python\n(.*?)```", README.read_text(), re.S
     )
-    assert found, "README has no verify-webhook example"
+    assert found, "docs/operations.md has no verify-webhook example"
     namespace: dict[str, Any] = {}
-    exec(compile(found.group(1), "README.md:verify-webhook", "exec"), namespace)  # noqa: S102
+    exec(compile(found.group(1), "docs/operations.md:verify-webhook", "exec"), namespace)  # noqa: S102
     verify: Callable[..., bool] = namespace["verify"]
     return verify
 
