@@ -38,7 +38,18 @@ from app.repositories.sql import claim_due, fresh_scalars, given_rows
 from app.validation import require_int, require_text
 
 _WORKING: Final = SessionStatus.WORKING.value
+_COMPLETED: Final = SessionStatus.COMPLETED.value
 _LEASE = bindparam("p_lease", type_=Interval)
+
+
+def _runner_holds(session_id: str, token: str) -> list[ColumnElement[bool]]:
+    """The session is still the runner's with ``token``: not delivered to another runner
+    since, and not completed (an operator's cancel included; a purge follows one)."""
+    return [
+        agent_sessions.c.id == session_id,
+        agent_sessions.c.resume_token == token,
+        agent_sessions.c.status != _COMPLETED,
+    ]
 
 
 def _due() -> list[ColumnElement[bool]]:
@@ -182,13 +193,15 @@ class ResumeRepository:
         return moved == 1
 
     async def heartbeat(self, session_id: str, token: str) -> None:
-        """A sign of life from the runner holding ``token``; ``StaleRunner`` when the
-        session has been delivered to another runner since."""
+        """A sign of life from the runner holding ``token``, which also locks the session
+        row until the transaction ends (a runner's write takes it first). ``StaleRunner``,
+        with nothing changed, when the session has moved on: delivered to another runner,
+        completed (an operator's cancel) or purged; ``SessionNotFound`` when it is gone."""
         require_text(session_id, "session_id")
         require_text(token, "resume_token")
         stmt = (
             update(AgentSession)
-            .where(agent_sessions.c.id == session_id, agent_sessions.c.resume_token == token)
+            .where(*_runner_holds(session_id, token))
             .values(last_seen_at=func.now())
             .returning(agent_sessions.c.id)
         )
@@ -203,6 +216,19 @@ class ResumeRepository:
             ):
                 raise SessionNotFound(session_id)
         raise StaleRunner(session_id, token)
+
+    async def retire_token(self, session_id: str) -> AgentSession | None:
+        """The session is finished: no runner holds it any more (completion). Returns
+        the row, None if there is none."""
+        require_text(session_id, "session_id")
+        stmt = (
+            update(AgentSession)
+            .where(agent_sessions.c.id == session_id)
+            .values(resume_token=None)
+            .returning(AgentSession)
+        )
+        found = await self._sessions(stmt, {})
+        return found[0] if found else None
 
     async def redeliver(self, session_id: str) -> AgentSession | None:
         """Owe a working session's resume again at once, attempts reset and unparked (the

@@ -8,17 +8,36 @@ the budget day comes from the injected clock.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select, text
 
-from app.db.models import AgentCheckpoint
-from app.lifecycle import Runtime, latest_checkpoint, save_checkpoint, start_session
-from app.repositories import CheckpointRepository
+from app.db.models import AgentCheckpoint, AgentSession
+from app.db.tables import agent_checkpoints, agent_events
+from app.domain import SessionNotFound, SessionStatus, StaleRunner
+from app.lifecycle import (
+    RestoredSession,
+    Runtime,
+    charge,
+    complete_session,
+    delete_session,
+    enforce_budgets,
+    heartbeat,
+    latest_checkpoint,
+    purge_finished,
+    save_checkpoint,
+    sleep_session,
+    start_session,
+    stop_session,
+)
+from app.repositories import CheckpointRepository, SessionRepository
 from app.session_store import RedisSessionStore
 from app.settings import Settings
-from tests.integration.helpers import Factory, ManualClock
+from app.workers import WakeWorker
+from tests.integration.helpers import SONNET, Factory, ManualClock
 
 START = datetime(2027, 3, 14, 9, 0, tzinfo=UTC)
 
@@ -115,3 +134,226 @@ async def test_a_resave_below_the_newest_through_the_repository_forgets_the_tip(
         stored = await repo.append(checkpoint("s-2", 10, given), new_messages=1)
     assert stored.message_history == given
     assert await load(rt, "s-2", 10) == given
+
+
+# ------------------------------------------------ 7 and 8: fenced runner writes
+
+
+async def row(rt: Runtime, session_id: str) -> AgentSession:
+    async with rt.session_factory() as s:
+        return await SessionRepository(s).get(session_id)
+
+
+async def iterations(rt: Runtime, session_id: str) -> list[int]:
+    async with rt.session_factory() as s:
+        found = await s.scalars(
+            select(agent_checkpoints.c.iteration_number)
+            .where(agent_checkpoints.c.session_id == session_id)
+            .order_by(agent_checkpoints.c.iteration_number)
+        )
+        return list(found)
+
+
+async def events(rt: Runtime, session_id: str) -> int:
+    async with rt.session_factory() as s:
+        return int(
+            await s.scalar(select(func.count()).where(agent_events.c.session_id == session_id)) or 0
+        )
+
+
+async def start(rt: Runtime, session_id: str = "s-1") -> str:
+    started = await start_session(
+        rt, session_id=session_id, job_id="j", clerk_user_id=f"u-{session_id}", tier="partner"
+    )
+    assert started.resume_token is not None
+    return started.resume_token
+
+
+async def orphaned_and_delivered_again(
+    rt: Runtime, store: RedisSessionStore, clock: ManualClock, session_id: str
+) -> str:
+    """The runner went silent past RUNNER_TIMEOUT: a worker delivers the session to a
+    new runner with a new token. Returns the new token."""
+    async with rt.session_factory.begin() as s:
+        await s.execute(
+            text(
+                "UPDATE agent_sessions SET last_seen_at = last_seen_at - interval '11 min',"
+                " last_checkpoint_at = last_checkpoint_at - interval '11 min' WHERE id = :id"
+            ),
+            {"id": session_id},
+        )
+    got: list[RestoredSession] = []
+    worker = WakeWorker(rt.session_factory, store, rt.settings, clock=clock, on_resume=got.append)
+    assert (await worker.run_once()).orphans == 1
+    return got[0].resume_token
+
+
+Write = Callable[[Runtime, str], Awaitable[object]]
+
+# Every write a runner makes with its token, as (name, call(rt, token)).
+RUNNER_WRITES: list[tuple[str, Write]] = [
+    ("heartbeat", lambda rt, tok: heartbeat(rt, "s-1", resume_token=tok)),
+    ("save", lambda rt, tok: save_checkpoint(rt, checkpoint("s-1", 9), resume_token=tok)),
+    (
+        "append",
+        lambda rt, tok: save_checkpoint(
+            rt, checkpoint("s-1", 9, [message("m", i) for i in range(3)]),
+            resume_token=tok, new_messages=1,
+        ),
+    ),
+    ("sleep", lambda rt, tok: sleep_session(rt, checkpoint("s-1", 9), resume_token=tok)),
+    (
+        "stop",
+        lambda rt, tok: stop_session(rt, "s-1", checkpoint=checkpoint("s-1", 9), resume_token=tok),
+    ),
+    (
+        "complete",
+        lambda rt, tok: complete_session(
+            rt, "s-1", checkpoint=checkpoint("s-1", 9), resume_token=tok
+        ),
+    ),
+]  # fmt: skip
+WRITE_IDS = [name for name, _ in RUNNER_WRITES]
+
+
+@pytest.mark.parametrize("write", [w for _, w in RUNNER_WRITES], ids=WRITE_IDS)
+async def test_a_redelivered_sessions_old_runner_changes_nothing(
+    rt: Runtime, store: RedisSessionStore, clock: ManualClock, write: Write
+) -> None:
+    """Finding 7: after a redelivery, the old runner's stop and complete (with their
+    checkpoints) raised nothing and overwrote the new runner's work. Every runner write
+    with the old token is StaleRunner now, and leaves the row, the checkpoints, the
+    outbox and the Redis key as they were."""
+    old = await start(rt)
+    await save_checkpoint(rt, checkpoint("s-1", 1), resume_token=old)
+    new = await orphaned_and_delivered_again(rt, store, clock, "s-1")
+    await save_checkpoint(rt, checkpoint("s-1", 2, [message("new", 0)]), resume_token=new)
+    before = await row(rt, "s-1")
+    events_before, key_before = await events(rt, "s-1"), await store.get("s-1", refresh=False)
+
+    with pytest.raises(StaleRunner):
+        await write(rt, old)
+
+    after = await row(rt, "s-1")
+    assert (after.status, after.version, after.resume_token) == (
+        SessionStatus.WORKING,
+        before.version,
+        new,
+    )
+    assert await iterations(rt, "s-1") == [1, 2]
+    latest = await latest_checkpoint(rt, "s-1")
+    assert latest is not None
+    assert (latest.iteration_number, latest.message_history) == (2, [message("new", 0)])
+    assert await events(rt, "s-1") == events_before
+    assert await store.get("s-1", refresh=False) == key_before
+    # The new runner's writes go through, all of them.
+    await write(rt, new)
+
+
+async def test_the_current_runner_stops_and_completes_and_completing_retires_its_token(
+    rt: Runtime,
+) -> None:
+    token = await start(rt)
+    stopped = await stop_session(rt, "s-1", checkpoint=checkpoint("s-1", 3), resume_token=token)
+    assert stopped.status == SessionStatus.BUDGET_EXCEEDED
+    # A stopped session keeps its token: the runner's final save still lands.
+    assert stopped.resume_token == token
+    await heartbeat(rt, "s-1", resume_token=token)
+    done = await complete_session(rt, "s-1", checkpoint=checkpoint("s-1", 4), resume_token=token)
+    assert (done.status, done.resume_token) == (SessionStatus.COMPLETED, None)
+    assert (await row(rt, "s-1")).resume_token is None
+    assert await iterations(rt, "s-1") == [3, 4]
+    with pytest.raises(StaleRunner):
+        await heartbeat(rt, "s-1", resume_token=token)
+
+
+async def test_a_session_the_daemon_stopped_keeps_its_token_for_the_runners_final_save(
+    rt: Runtime, clock: ManualClock
+) -> None:
+    token = await start(rt)
+    # One call past 110 % of the day's budget; the charge (or the daemon) stops it.
+    budget = (await row(rt, "s-1")).daily_budget_microdollars
+    await charge(
+        rt, session_id="s-1", request_id="r-1", model=SONNET,
+        input_tokens=budget, output_tokens=budget // 10, now=clock.now,
+    )  # fmt: skip
+    await enforce_budgets(rt, limit=10)
+    assert (await row(rt, "s-1")).status == SessionStatus.BUDGET_EXCEEDED
+    stopped = await stop_session(rt, "s-1", checkpoint=checkpoint("s-1", 5), resume_token=token)
+    assert (stopped.status, stopped.resume_token) == (SessionStatus.BUDGET_EXCEEDED, token)
+    slept = await sleep_session(rt, checkpoint("s-1", 6), resume_token=token)
+    assert slept.status == SessionStatus.BUDGET_EXCEEDED
+    assert await iterations(rt, "s-1") == [5, 6]
+    latest = await latest_checkpoint(rt, "s-1")
+    assert latest is not None
+    assert latest.iteration_number == 6
+
+
+async def test_without_a_token_stop_and_complete_are_an_operators_and_not_fenced(
+    rt: Runtime, store: RedisSessionStore, clock: ManualClock
+) -> None:
+    await start(rt)
+    await orphaned_and_delivered_again(rt, store, clock, "s-1")
+    stopped = await stop_session(rt, "s-1", checkpoint=checkpoint("s-1", 1))
+    assert stopped.status == SessionStatus.BUDGET_EXCEEDED
+    done = await complete_session(rt, "s-1")
+    assert (done.status, done.resume_token) == (SessionStatus.COMPLETED, None)
+
+
+async def test_a_cancelled_sessions_runner_is_fenced_and_its_charges_still_count(
+    rt: Runtime, clock: ManualClock
+) -> None:
+    """Finding 8: an operator's ``sessions cancel`` completes the session without a
+    token. Its runner's heartbeat and every token write now raise StaleRunner (its
+    signal to stop) and write nothing; the money it spent is still recorded."""
+    token = await start(rt)
+    await save_checkpoint(rt, checkpoint("s-1", 1), resume_token=token)
+    await complete_session(rt, "s-1")  # the operator
+    for name, write in RUNNER_WRITES:
+        with pytest.raises(StaleRunner):
+            await write(rt, token)
+        assert await iterations(rt, "s-1") == [1], name
+    assert (await row(rt, "s-1")).status == SessionStatus.COMPLETED
+    charged = await charge(
+        rt, session_id="s-1", request_id="late", model=SONNET,
+        input_tokens=100, output_tokens=10, now=clock.now,
+    )  # fmt: skip
+    assert charged.cost_microdollars > 0
+    assert not charged.duplicate
+
+
+@pytest.mark.parametrize("token_kept", [False, True], ids=["retired", "completed-before"])
+async def test_a_purged_sessions_runner_writes_nothing_after_the_purge(
+    rt: Runtime, token_kept: bool
+) -> None:
+    """Finding 8: checkpoints a runner saved after its session was purged were never
+    purged. Its saves are fenced now, also for a session completed before tokens were
+    retired on completion (the row still holds one)."""
+    token = await start(rt)
+    await save_checkpoint(rt, checkpoint("s-1", 1), resume_token=token)
+    await complete_session(rt, "s-1")
+    async with rt.session_factory.begin() as s:
+        await s.execute(
+            text(
+                "UPDATE agent_sessions SET completed_at = completed_at - interval '40 days',"
+                " resume_token = CAST(:kept AS varchar) WHERE id = 's-1'"
+            ),
+            {"kept": token if token_kept else None},
+        )
+    purged = await purge_finished(rt, older_than_days=30)
+    assert purged.session_ids == ["s-1"]
+    assert await iterations(rt, "s-1") == []
+    for name, write in RUNNER_WRITES:
+        with pytest.raises(StaleRunner):
+            await write(rt, token)
+        assert await iterations(rt, "s-1") == [], name
+    assert (await row(rt, "s-1")).purged_at is not None
+
+
+async def test_a_session_deleted_under_its_runner_is_not_found(rt: Runtime) -> None:
+    token = await start(rt)
+    await delete_session(rt, "s-1")
+    for name, write in RUNNER_WRITES:
+        with pytest.raises(SessionNotFound):
+            await write(rt, token)
+        assert await iterations(rt, "s-1") == [], name
