@@ -760,17 +760,29 @@ async def delivery_failed(rt: Runtime, restored: RestoredSession, exc: BaseExcep
         )
 
 
-async def redeliver(rt: Runtime, session_id: str) -> AgentSession:
-    """Owe a working session's resume again at once (an operator unparking it)."""
+async def redeliver(rt: Runtime, session_id: str, *, force: bool = False) -> AgentSession:
+    """Owe a working session's resume again at once (an operator unparking it, or
+    starting it over). While a hook runs its delivery under an unexpired lease this
+    raises ``ResumeInProgress`` and changes nothing; ``force=True`` redelivers anyway with
+    a new token, so the running runner is fenced (``runner.fenced`` is emitted)."""
     async with rt.session_factory.begin() as s:
-        found = await ResumeRepository(s).redeliver(session_id)
+        found = await ResumeRepository(s).redeliver(session_id, force=force)
         if found is None:
             session = await SessionRepository(s).get(session_id)
             raise InvalidTransition(
                 session_id, current=S(session.status), target=S.WORKING, expected=[S.WORKING]
             )
+        if force:
+            await emit(
+                s,
+                replace(
+                    session_event(EventType.RUNNER_FENCED, found, by="operator"),
+                    # A new token per forced redelivery: once per fenced runner.
+                    dedup_key=f"{EventType.RUNNER_FENCED.value}:{found.id}:{found.resume_token}",
+                ),
+            )
         await SessionRepository(s).notify_workers()
-    log.info("redeliver session=%s", session_id)
+    log.info("redeliver session=%s force=%s", session_id, force)
     return found
 
 

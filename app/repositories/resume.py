@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AgentSession
 from app.db.tables import agent_cost_events, agent_sessions
-from app.domain import SessionNotFound, SessionStatus, StaleRunner
+from app.domain import ResumeInProgress, SessionNotFound, SessionStatus, StaleRunner
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sessions import owed_resume
 from app.repositories.sql import claim_due, fresh_scalars, given_rows
@@ -50,6 +50,23 @@ def _runner_holds(session_id: str, token: str) -> list[ColumnElement[bool]]:
         agent_sessions.c.resume_token == token,
         agent_sessions.c.status != _COMPLETED,
     ]
+
+
+def _held() -> ColumnElement[bool]:
+    """A delivery is held: booked to a worker under a lease that has not run out, on the
+    database clock (a parked delivery is held by nobody)."""
+    return and_(
+        agent_sessions.c.resume_due_at > func.now(),
+        agent_sessions.c.resume_parked_at.is_(None),
+    )
+
+
+def _not_held() -> ColumnElement[bool]:
+    return or_(
+        agent_sessions.c.resume_due_at.is_(None),
+        agent_sessions.c.resume_due_at <= func.now(),
+        agent_sessions.c.resume_parked_at.is_not(None),
+    )
 
 
 def _due() -> list[ColumnElement[bool]]:
@@ -230,19 +247,50 @@ class ResumeRepository:
         found = await self._sessions(stmt, {})
         return found[0] if found else None
 
-    async def redeliver(self, session_id: str) -> AgentSession | None:
+    async def redeliver(self, session_id: str, *, force: bool = False) -> AgentSession | None:
         """Owe a working session's resume again at once, attempts reset and unparked (the
-        operator's ``sessions redeliver``). The token stays: it is the same wake. None
-        when the session is not working."""
+        operator's ``sessions redeliver``). None when the session is not working (or
+        does not exist).
+
+        While a delivery is held under an unexpired lease (a hook is running it) this
+        raises ``ResumeInProgress`` and changes nothing: the token stays the same on
+        every delivery of one wake, so a second delivery would be a second runner that
+        fencing cannot tell apart. ``force`` redelivers anyway with a new token, which
+        fences the running runner. "Held" is decided in the guarded UPDATE itself, on the
+        database clock that stamped the lease; the row is locked first, so the reason
+        for a refusal is read from the row as the UPDATE saw it.
+        """
         require_text(session_id, "session_id")
+        working = [agent_sessions.c.id == session_id, agent_sessions.c.status == _WORKING]
+        with translate_errors(session_id=session_id):
+            # Only a working row is locked: a sleeper is never held up for a wake.
+            seen = (
+                await self.session.execute(
+                    select(agent_sessions.c.resume_due_at, func.coalesce(_held(), False))
+                    .where(*working)
+                    .with_for_update()
+                )
+            ).one_or_none()
+        if seen is None:
+            return None
+        values: dict[str, object] = (
+            owed_resume()
+            if force
+            else {"resume_due_at": func.now(), "resume_attempts": 0, "resume_parked_at": None}
+        )
         stmt = (
             update(AgentSession)
-            .where(agent_sessions.c.id == session_id, agent_sessions.c.status == _WORKING)
-            .values(resume_due_at=func.now(), resume_attempts=0, resume_parked_at=None)
+            .where(*working, *([] if force else [_not_held()]))
+            .values(**values)
             .returning(AgentSession)
         )
         found = await self._sessions(stmt, {})
-        return found[0] if found else None
+        if found:
+            return found[0]
+        held_until, held = seen
+        if held:
+            raise ResumeInProgress(session_id, until=held_until)
+        return None  # pragma: no cover - the row is locked: the UPDATE saw what was read
 
     async def stuck(self, *, overdue: timedelta, limit: int = 100) -> list[AgentSession]:
         """Parked sessions, and deliveries due for longer than ``overdue``: what an

@@ -8,16 +8,25 @@ the budget day comes from the injected clock.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 
+from app.budget import policy
 from app.db.models import AgentCheckpoint, AgentSession
 from app.db.tables import agent_checkpoints, agent_events
-from app.domain import SessionNotFound, SessionStatus, StaleRunner
+from app.domain import (
+    EventType,
+    InvalidTransition,
+    ResumeInProgress,
+    SessionNotFound,
+    SessionStatus,
+    StaleRunner,
+)
 from app.lifecycle import (
     RestoredSession,
     Runtime,
@@ -28,6 +37,7 @@ from app.lifecycle import (
     heartbeat,
     latest_checkpoint,
     purge_finished,
+    redeliver,
     save_checkpoint,
     sleep_session,
     start_session,
@@ -37,7 +47,7 @@ from app.repositories import CheckpointRepository, SessionRepository
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import WakeWorker
-from tests.integration.helpers import SONNET, Factory, ManualClock
+from tests.integration.helpers import SONNET, Factory, ManualClock, eventually
 
 START = datetime(2027, 3, 14, 9, 0, tzinfo=UTC)
 
@@ -300,6 +310,37 @@ async def test_without_a_token_stop_and_complete_are_an_operators_and_not_fenced
     assert (done.status, done.resume_token) == (SessionStatus.COMPLETED, None)
 
 
+async def test_a_stale_stop_racing_a_redelivery_either_lands_first_or_changes_nothing(
+    rt: Runtime,
+) -> None:
+    """Real races: the old runner completes with its checkpoint while an operator
+    forces a redelivery. Whichever takes the row first wins whole; the other is
+    refused, and nothing of it is written."""
+    outcomes: set[str] = set()
+    for n in range(12):
+        sid = f"race-{n}"
+        old = await start(rt, sid)
+        done, moved = await asyncio.gather(
+            complete_session(rt, sid, checkpoint=checkpoint(sid, 7), resume_token=old),
+            redeliver(rt, sid, force=True),
+            return_exceptions=True,
+        )
+        now = await row(rt, sid)
+        if isinstance(done, AgentSession):  # the runner first: the session is finished
+            assert isinstance(moved, InvalidTransition)
+            assert (now.status, now.resume_token) == (SessionStatus.COMPLETED, None)
+            assert await iterations(rt, sid) == [7]
+            outcomes.add("completed")
+        else:  # the operator first: a new runner owns it, the old one wrote nothing
+            assert isinstance(done, StaleRunner), done
+            assert isinstance(moved, AgentSession)
+            assert (now.status, now.resume_token) == (SessionStatus.WORKING, moved.resume_token)
+            assert now.resume_token != old
+            assert await iterations(rt, sid) == []
+            outcomes.add("redelivered")
+    assert outcomes  # each round ended one way or the other, never half of both
+
+
 async def test_a_cancelled_sessions_runner_is_fenced_and_its_charges_still_count(
     rt: Runtime, clock: ManualClock
 ) -> None:
@@ -357,3 +398,204 @@ async def test_a_session_deleted_under_its_runner_is_not_found(rt: Runtime) -> N
         with pytest.raises(SessionNotFound):
             await write(rt, token)
         assert await iterations(rt, "s-1") == [], name
+
+
+# ------------------------------------------- 9: redelivery while a hook runs
+
+
+async def asleep_and_due(rt: Runtime, clock: ManualClock, *ids: str) -> None:
+    for sid in ids:
+        await start(rt, sid)
+        await sleep_session(rt, checkpoint(sid, 3))
+    clock.now = policy.next_budget_day_start(START) + timedelta(seconds=1)
+
+
+class Runners:
+    """A resume hook standing for runners that keep running until released; it records
+    every delivery (session id, token), in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, restored: RestoredSession) -> None:
+        self.calls.append((restored.session.id, restored.resume_token))
+        await self.release.wait()
+
+    async def running(self, n: int) -> None:
+        async def started() -> bool:
+            return len(self.calls) >= n
+
+        await eventually(started)
+
+
+async def test_redeliver_while_a_hook_runs_is_refused_and_changes_nothing(
+    rt: Runtime, store: RedisSessionStore, clock: ManualClock
+) -> None:
+    """Finding 9: ``sessions redeliver`` while a hook ran made the delivery due at once,
+    and a second worker started a second runner with the same token. Now the held
+    delivery is left alone: ResumeInProgress, and no second delivery."""
+    await asleep_and_due(rt, clock, "s-1")
+    runners = Runners()
+    one = WakeWorker(rt.session_factory, store, rt.settings, clock=clock, on_resume=runners)
+    first = asyncio.create_task(one.run_once())
+    await runners.running(1)
+    held = await row(rt, "s-1")
+
+    with pytest.raises(ResumeInProgress) as refused:
+        await redeliver(rt, "s-1")
+    assert refused.value.session_id == "s-1"
+    assert refused.value.until == held.resume_due_at
+    after = await row(rt, "s-1")
+    assert (after.resume_token, after.resume_due_at, after.resume_attempts, after.version) == (
+        held.resume_token,
+        held.resume_due_at,
+        held.resume_attempts,
+        held.version,
+    )
+    two = WakeWorker(rt.session_factory, store, rt.settings, clock=clock, on_resume=runners)
+    assert (await asyncio.wait_for(two.run_once(), 60)).delivered == 0
+
+    runners.release.set()
+    assert (await first).acknowledged == 1
+    assert runners.calls == [("s-1", held.resume_token)]
+    # The hook returned: nothing is held, so the operator may redeliver (same wake,
+    # same token), and it is delivered once more.
+    again = await redeliver(rt, "s-1")
+    assert again.resume_token == held.resume_token
+    assert (await two.run_once()).acknowledged == 1
+    assert runners.calls == [("s-1", held.resume_token)] * 2
+
+
+async def test_a_forced_redelivery_fences_the_running_runner(
+    rt: Runtime, store: RedisSessionStore, clock: ManualClock
+) -> None:
+    await asleep_and_due(rt, clock, "s-1")
+    runners = Runners()
+    one = WakeWorker(rt.session_factory, store, rt.settings, clock=clock, on_resume=runners)
+    first = asyncio.create_task(one.run_once())
+    await runners.running(1)
+    old = runners.calls[0][1]
+
+    forced = await redeliver(rt, "s-1", force=True)
+    assert forced.resume_token not in (None, old)
+    assert forced.resume_due_at is not None
+    seen: list[str] = []
+    two = WakeWorker(
+        rt.session_factory,
+        store,
+        rt.settings,
+        clock=clock,
+        on_resume=lambda r: seen.append(r.resume_token),
+    )
+    assert (await two.run_once()).acknowledged == 1
+    assert seen == [forced.resume_token]
+    # The runner that was running is fenced: its heartbeat and saves are refused.
+    with pytest.raises(StaleRunner):
+        await heartbeat(rt, "s-1", resume_token=old)
+    with pytest.raises(StaleRunner):
+        await save_checkpoint(rt, checkpoint("s-1", 4), resume_token=old)
+    runners.release.set()
+    assert (await first).acknowledged == 0  # its late return acknowledges nothing
+    assert (await row(rt, "s-1")).resume_token == forced.resume_token
+    async with rt.session_factory() as s:
+        fenced = await s.scalar(
+            select(func.count()).where(
+                agent_events.c.session_id == "s-1",
+                agent_events.c.type == EventType.RUNNER_FENCED.value,
+            )
+        )
+    assert fenced == 1
+
+
+async def test_redeliver_racing_the_workers_delivery_never_doubles_a_hook(
+    rt: Runtime, store: RedisSessionStore, clock: ManualClock
+) -> None:
+    """Real races: a worker wakes and delivers eight sessions while an operator keeps
+    redelivering each of them, from before its wake until its hook is running. Each
+    hook runs once: a redelivery before the wake is refused (still asleep), the first
+    one after it is ResumeInProgress, and a second worker finds nothing to deliver."""
+    ids = [f"race-{n}" for n in range(8)]
+    await asleep_and_due(rt, clock, *ids)
+    runners = Runners()
+    one = WakeWorker(rt.session_factory, store, rt.settings, clock=clock, on_resume=runners)
+
+    async def operator(sid: str) -> list[str]:
+        tried: list[str] = []
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    await redeliver(rt, sid)
+                except InvalidTransition:
+                    tried.append("asleep")
+                    await asyncio.sleep(0)
+                    continue
+                except ResumeInProgress:
+                    tried.append("in progress")
+                else:
+                    tried.append("owed")
+                return tried
+
+    first = asyncio.create_task(one.run_once())
+    outcomes = await asyncio.gather(*(operator(sid) for sid in ids))
+    assert [tried[-1] for tried in outcomes] == ["in progress"] * len(ids)
+    assert all(set(tried[:-1]) <= {"asleep"} for tried in outcomes)
+    await runners.running(len(ids))
+    two = WakeWorker(rt.session_factory, store, rt.settings, clock=clock, on_resume=runners)
+    assert (await asyncio.wait_for(two.run_once(), 60)).delivered == 0
+    runners.release.set()
+    assert (await first).acknowledged == len(ids)
+    assert sorted(sid for sid, _ in runners.calls) == ids
+
+
+async def test_a_worker_running_both_runners_keeps_the_new_ones_lease(
+    session_factory: Factory, store: RedisSessionStore, clock: ManualClock
+) -> None:
+    """A forced redelivery taken by the very worker whose hook still runs the old
+    delivery: when the old hook returns, the worker must go on renewing the new one's
+    lease, or another worker would start the new runner a second time."""
+    settings = Settings(
+        _env_file=None, resume_lease_seconds=1.5, wake_poll_interval=0.1, sleep_grace_seconds=0
+    )
+    rt = Runtime(session_factory, store, settings, clock)
+    await asleep_and_due(rt, clock, "s-1")
+    calls: list[str] = []
+    old_done, new_done = asyncio.Event(), asyncio.Event()
+
+    async def runner(restored: RestoredSession) -> None:
+        calls.append(restored.resume_token)
+        await (old_done if len(calls) == 1 else new_done).wait()
+
+    one = WakeWorker(session_factory, store, settings, clock=clock, on_resume=runner)
+    stop = asyncio.Event()
+    forever = asyncio.create_task(one.run_forever(stop))
+
+    def called(n: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return len(calls) >= n
+
+        return check
+
+    try:
+        await eventually(called(1))
+        forced = await redeliver(rt, "s-1", force=True)
+        await eventually(called(2))  # the same worker runs both now
+        assert calls == [calls[0], forced.resume_token]
+        old_done.set()  # the fenced runner returns; its acknowledgement is void
+        two = WakeWorker(session_factory, store, settings, clock=clock, on_resume=runner)
+        deadline = asyncio.get_running_loop().time() + 3 * settings.resume_lease_seconds
+        while asyncio.get_running_loop().time() < deadline:
+            assert (await two.run_once()).delivered == 0
+            await asyncio.sleep(0.05)
+        new_done.set()
+        await eventually(lambda: _acknowledged(rt, "s-1"))
+        assert len(calls) == 2
+    finally:
+        old_done.set()
+        new_done.set()
+        stop.set()
+        await asyncio.wait_for(forever, 60)
+
+
+async def _acknowledged(rt: Runtime, session_id: str) -> bool:
+    return (await row(rt, session_id)).resume_due_at is None
