@@ -9,11 +9,15 @@ the budget day comes from the injected clock.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
 from app.budget import policy
@@ -44,10 +48,11 @@ from app.lifecycle import (
     stop_session,
 )
 from app.repositories import CheckpointRepository, SessionRepository
+from app.repositories.checkpoint_cache import HistoryCache
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import WakeWorker
-from tests.integration.helpers import SONNET, Factory, ManualClock, eventually
+from tests.integration.helpers import SONNET, Factory, ManualClock, eventually, make_session
 
 START = datetime(2027, 3, 14, 9, 0, tzinfo=UTC)
 
@@ -144,6 +149,46 @@ async def test_a_resave_below_the_newest_through_the_repository_forgets_the_tip(
         stored = await repo.append(checkpoint("s-2", 10, given), new_messages=1)
     assert stored.message_history == given
     assert await load(rt, "s-2", 10) == given
+
+
+# Each step: (iteration, how many new messages, whether they extend the last save).
+Step = tuple[int, int, bool]
+steps = st.lists(
+    st.tuples(st.integers(1, 5), st.integers(0, 2), st.booleans()), min_size=1, max_size=12
+)
+
+
+@hypothesis_settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(plan=steps)
+async def test_any_mix_of_saves_and_honest_appends_loads_back_as_given(
+    session_factory: Factory, plan: list[Step]
+) -> None:
+    """Saves at any iteration, in any order, some of them appends that honestly vouch
+    for the process's last save: every iteration loads back as it was last given."""
+    sid = f"p-{uuid.uuid4().hex[:12]}"
+    await make_session(session_factory, sid)
+    cache = HistoryCache(8)
+    given_at: dict[int, list[Any]] = {}
+    last: list[Any] | None = None
+    for n, (iteration, new, extends) in enumerate(plan):
+        tail = [message(f"{n}", i) for i in range(new)]
+        async with session_factory.begin() as s:
+            repo = CheckpointRepository(s, keep_last=100, cache=cache)
+            if extends and last is not None:
+                history = [*last, *tail]
+                await repo.append(checkpoint(sid, iteration, history), new_messages=new)
+            else:
+                history = [message(f"s{n}", i) for i in range(new + 1)]  # a rewrite
+                await repo.save(checkpoint(sid, iteration, history))
+        given_at[iteration], last = history, history
+    async with session_factory() as s:
+        repo = CheckpointRepository(s, keep_last=100)
+        for iteration, history in given_at.items():
+            assert (await repo.load(sid, iteration)).message_history == history, iteration
 
 
 # ------------------------------------------------ 7 and 8: fenced runner writes
