@@ -23,7 +23,13 @@ from app.budget.pricing import MAX_TOKENS_PER_CALL, Band, Rates, band, rates
 from app.cli_errors import ENVIRONMENT, USAGE, explain
 from app.db.engine import create_engine, mask_password
 from app.db.migrate import upgrade
-from app.domain import InvalidInput, InvalidTransition, SessionNotFound, SessionStatus
+from app.domain import (
+    InvalidInput,
+    InvalidTransition,
+    ResumeInProgress,
+    SessionNotFound,
+    SessionStatus,
+)
 from app.lifecycle import (
     PurgeReport,
     RestoredSession,
@@ -295,8 +301,15 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
                         f" {removed.redis_keys} Redis key"
                     )
             elif args.action == "redeliver":
-                session = await redeliver(rt, args.id)
-                print(json.dumps(describe(session)) if args.json else f"redeliver {args.id}: owed")
+                try:
+                    session = await redeliver(rt, args.id, force=args.force)
+                except ResumeInProgress as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
+                done = "owed, new token (the running runner is fenced)" if args.force else "owed"
+                print(
+                    json.dumps(describe(session)) if args.json else f"redeliver {args.id}: {done}"
+                )
             else:
                 session = await complete_session(rt, args.id)
                 print(
@@ -565,6 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("id")
     again = actions.add_parser("redeliver", help="owe a working session's resume again")
     again.add_argument("id")
+    again.add_argument(
+        "--force",
+        action="store_true",
+        help="even while a hook runs it: a new token fences the running runner",
+    )
     cancel = actions.add_parser("cancel", help="complete a session (terminal)")
     cancel.add_argument("id")
     purge = actions.add_parser(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
@@ -146,6 +147,21 @@ class StaleRunner(DomainError):
         )
         self.session_id = session_id
         self.token = token
+
+
+class ResumeInProgress(DomainError):
+    """A redelivery was asked for while a delivery of the session is held under an
+    unexpired lease (a hook is running it): nothing changed. ``force=True`` redelivers
+    anyway, with a new token that fences the running runner."""
+
+    def __init__(self, session_id: str, *, until: datetime | None = None) -> None:
+        held = "" if until is None else f" until {until.isoformat()}"
+        super().__init__(
+            f"agent session {session_id!r} is being resumed: its delivery is held{held};"
+            " redeliver with force to fence the running runner"
+        )
+        self.session_id = session_id
+        self.until = until
 
 
 class SessionStoreUnavailable(DomainError):

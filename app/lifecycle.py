@@ -265,7 +265,8 @@ async def start_session(
 
 async def heartbeat(rt: Runtime, session_id: str, *, resume_token: str) -> None:
     """A sign of life from the runner holding ``resume_token``. ``StaleRunner`` once the
-    session was delivered to another runner (this one was presumed dead)."""
+    session has moved on: delivered to another runner (this one was presumed dead),
+    completed (an operator's ``sessions cancel`` included) or purged."""
     async with rt.session_factory.begin() as s:
         await ResumeRepository(s).heartbeat(session_id, resume_token)
 
@@ -310,8 +311,13 @@ async def sleep_session(
     that day has ended (a turn that crossed midnight), the new day decides: with budget
     left the session keeps working and is returned ``working``; only if the new day is
     spent too does it sleep, until the midnight after. If the budget daemon put the
-    session to sleep first, or it is already ``budget_exceeded`` or ``completed``, the
-    checkpoint is still saved and the session returned as it is.
+    session to sleep first, or it is already ``budget_exceeded``, the checkpoint is
+    still saved and the session returned as it is (so is it when ``completed`` and no
+    token is given).
+
+    A runner passes its ``resume_token``: unless it is the session's current one (the
+    session was redelivered, completed or purged since), ``StaleRunner`` and nothing is
+    saved or moved.
     """
     moment = rt.clock() if now is None else now
     today = policy.budget_day(moment)  # InvalidInput for a naive time
@@ -320,7 +326,8 @@ async def sleep_session(
         # The session row first, then the new day's budget row (carry-on): the order of
         # the wake path, which claims the sleeper and then books its day. The other
         # order deadlocks with a worker waking this session after the daemon slept it.
-        await repo.lock(checkpoint.session_id)
+        # A runner's token is checked as the row is locked: fenced, it changes nothing.
+        await _lock_for(s, checkpoint.session_id, resume_token)
         budgets = BudgetRepository(s, rt.settings)
         decided_on = await budgets.last_charge_day(checkpoint.session_id) or today
         carry_on = (
@@ -376,17 +383,48 @@ async def _carry_on_into(
     return await repo.set_working_budget(session_id, budget)
 
 
+async def _lock_for(s: AsyncSession, session_id: str, resume_token: str | None) -> None:
+    """Lock the session row for a write, first in the transaction. With a runner's token
+    the lock is taken only while the token is the session's and it is not completed:
+    otherwise ``StaleRunner`` (``SessionNotFound`` if it is gone) before anything is
+    written. Without one the caller is an operator, and is not fenced."""
+    if resume_token is None:
+        await SessionRepository(s).lock(session_id)
+    else:
+        await ResumeRepository(s).heartbeat(session_id, resume_token)
+
+
+def _own_checkpoint(session_id: str, checkpoint: AgentCheckpoint | None) -> None:
+    if checkpoint is not None and checkpoint.session_id != session_id:
+        raise InvalidInput(
+            f"checkpoint.session_id {checkpoint.session_id!r} is not the session {session_id!r}",
+            field="checkpoint.session_id",
+        )
+
+
 async def stop_session(
     rt: Runtime,
     session_id: str,
     *,
     checkpoint: AgentCheckpoint | None = None,
     reason: str = "over 110% of the daily budget",
+    resume_token: str | None = None,
 ) -> AgentSession:
-    """``working -> budget_exceeded`` (BDGT-07), saving ``checkpoint`` first if given."""
+    """``working -> budget_exceeded`` (BDGT-07), saving ``checkpoint`` first if given.
+
+    A runner passes its ``resume_token``: unless it is the session's current one (the
+    session was redelivered, completed or purged since), ``StaleRunner`` and nothing is
+    saved or stopped. A session the daemon or a charge stopped first keeps its token,
+    so its runner's final save lands. Without a token the caller is an operator."""
+    require_text(session_id, "session_id")
+    _own_checkpoint(session_id, checkpoint)
     async with rt.session_factory.begin() as s:
+        await _lock_for(s, session_id, resume_token)
         stored = (
-            await rt.checkpoints(s).save(replace(checkpoint, agent_state=S.BUDGET_EXCEEDED.value))
+            await rt.checkpoints(s).save(
+                replace(checkpoint, agent_state=S.BUDGET_EXCEEDED.value),
+                resume_token=resume_token,
+            )
             if checkpoint
             else None
         )
@@ -406,15 +444,30 @@ async def stop_session(
 
 
 async def complete_session(
-    rt: Runtime, session_id: str, *, checkpoint: AgentCheckpoint | None = None
+    rt: Runtime,
+    session_id: str,
+    *,
+    checkpoint: AgentCheckpoint | None = None,
+    resume_token: str | None = None,
 ) -> AgentSession:
-    """Finish a session from any live status; the checkpoints stay, the Redis key goes."""
+    """Finish a session from any live status; the checkpoints stay, the Redis key goes.
+
+    Completing retires the session's token: its runner is fenced from then on (an
+    operator's ``sessions cancel`` is a completion without a token). A runner passes
+    its ``resume_token``: unless it is the session's current one, ``StaleRunner`` and
+    nothing is saved or completed."""
+    require_text(session_id, "session_id")
+    _own_checkpoint(session_id, checkpoint)
     async with rt.session_factory.begin() as s:
+        await _lock_for(s, session_id, resume_token)
         if checkpoint is not None:
-            await rt.checkpoints(s).save(replace(checkpoint, agent_state=S.COMPLETED.value))
+            await rt.checkpoints(s).save(
+                replace(checkpoint, agent_state=S.COMPLETED.value), resume_token=resume_token
+            )
         session = await SessionRepository(s).transition(
             session_id, S.COMPLETED, expected=[S.WORKING, S.SLEEPING, S.BUDGET_EXCEEDED]
         )
+        session = await ResumeRepository(s).retire_token(session_id) or session
     log.info("complete session=%s", session.id)
     try:
         await rt.store.delete(session_id)
@@ -707,17 +760,29 @@ async def delivery_failed(rt: Runtime, restored: RestoredSession, exc: BaseExcep
         )
 
 
-async def redeliver(rt: Runtime, session_id: str) -> AgentSession:
-    """Owe a working session's resume again at once (an operator unparking it)."""
+async def redeliver(rt: Runtime, session_id: str, *, force: bool = False) -> AgentSession:
+    """Owe a working session's resume again at once (an operator unparking it, or
+    starting it over). While a hook runs its delivery under an unexpired lease this
+    raises ``ResumeInProgress`` and changes nothing; ``force=True`` redelivers anyway with
+    a new token, so the running runner is fenced (``runner.fenced`` is emitted)."""
     async with rt.session_factory.begin() as s:
-        found = await ResumeRepository(s).redeliver(session_id)
+        found = await ResumeRepository(s).redeliver(session_id, force=force)
         if found is None:
             session = await SessionRepository(s).get(session_id)
             raise InvalidTransition(
                 session_id, current=S(session.status), target=S.WORKING, expected=[S.WORKING]
             )
+        if force:
+            await emit(
+                s,
+                replace(
+                    session_event(EventType.RUNNER_FENCED, found, by="operator"),
+                    # A new token per forced redelivery: once per fenced runner.
+                    dedup_key=f"{EventType.RUNNER_FENCED.value}:{found.id}:{found.resume_token}",
+                ),
+            )
         await SessionRepository(s).notify_workers()
-    log.info("redeliver session=%s", session_id)
+    log.info("redeliver session=%s force=%s", session_id, force)
     return found
 
 

@@ -5,7 +5,9 @@ An entry is a hint, never the truth: a save that uses it is written with a guard
 statement that checks, in the same snapshot as the write, that the entry's checkpoint is
 still the session's newest with the same digest and message count. Any other writer,
 a rollback or another database with the same session id makes the guard fail, and the
-save falls back to the full path.
+save falls back to the full path. A save that lands below the session's newest
+iteration drops the tip: the process's last save is then not the tip, and an append that
+vouches for that save must not be planned on it.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from sqlalchemy import cast as cast_
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 
 from app.db.tables import agent_checkpoints, agent_sessions
+from app.domain import SessionStatus
 
 #: A row of ``META`` (and the statements that return it).
 MetaRow = Row[*tuple[Any, ...]]
@@ -75,13 +76,21 @@ SESSION_ID = bindparam("p_session_id", type_=String)
 ITERATION = bindparam("p_iteration", type_=Integer)
 
 # Locks the session row (and stamps it): saves of one session are serialised. A save
-# that names a resume token goes through only while that token is the session's.
+# that names a resume token goes through only while that token is the session's and the
+# session is not completed (an operator's cancel, or a purge after one): a fenced runner
+# writes nothing (DESIGN.md §6c).
 TOKEN = bindparam("p_token", type_=String)
 TOUCH_SESSION = (
     update(agent_sessions)
     .where(
         agent_sessions.c.id == SESSION_ID,
-        or_(TOKEN.is_(None), agent_sessions.c.resume_token == TOKEN),
+        or_(
+            TOKEN.is_(None),
+            and_(
+                agent_sessions.c.resume_token == TOKEN,
+                agent_sessions.c.status != SessionStatus.COMPLETED.value,
+            ),
+        ),
     )
     .values(last_checkpoint_at=func.now())
     .returning(agent_sessions.c.id)

@@ -373,6 +373,12 @@ class CheckpointRepository:
         parent = next((r for r in rows if r.iteration_number < p.iteration_number), None)
         shape = rows[0] if rows else (await self._execute(sql.SHAPE, key)).one()
         newest, row_count = not shape.has_later, shape.row_count
+        if not newest:
+            # This process's last save is now below the tip it remembers (even an
+            # identical one): an append that vouches for that save must not be planned on
+            # the tip, whose message count can agree while its messages differ. Without a
+            # tip the next save takes this full path, exact.
+            self.cache.discard(p.session_id)
 
         state = new_state(encoded.body)
         full_digest = finish(state)

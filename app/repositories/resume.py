@@ -31,14 +31,42 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import AgentSession
 from app.db.tables import agent_cost_events, agent_sessions
-from app.domain import SessionNotFound, SessionStatus, StaleRunner
+from app.domain import ResumeInProgress, SessionNotFound, SessionStatus, StaleRunner
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sessions import owed_resume
 from app.repositories.sql import claim_due, fresh_scalars, given_rows
 from app.validation import require_int, require_text
 
 _WORKING: Final = SessionStatus.WORKING.value
+_COMPLETED: Final = SessionStatus.COMPLETED.value
 _LEASE = bindparam("p_lease", type_=Interval)
+
+
+def _runner_holds(session_id: str, token: str) -> list[ColumnElement[bool]]:
+    """The session is still the runner's with ``token``: not delivered to another runner
+    since, and not completed (an operator's cancel included; a purge follows one)."""
+    return [
+        agent_sessions.c.id == session_id,
+        agent_sessions.c.resume_token == token,
+        agent_sessions.c.status != _COMPLETED,
+    ]
+
+
+def _held() -> ColumnElement[bool]:
+    """A delivery is held: booked to a worker under a lease that has not run out, on the
+    database clock (a parked delivery is held by nobody)."""
+    return and_(
+        agent_sessions.c.resume_due_at > func.now(),
+        agent_sessions.c.resume_parked_at.is_(None),
+    )
+
+
+def _not_held() -> ColumnElement[bool]:
+    return or_(
+        agent_sessions.c.resume_due_at.is_(None),
+        agent_sessions.c.resume_due_at <= func.now(),
+        agent_sessions.c.resume_parked_at.is_not(None),
+    )
 
 
 def _due() -> list[ColumnElement[bool]]:
@@ -182,13 +210,15 @@ class ResumeRepository:
         return moved == 1
 
     async def heartbeat(self, session_id: str, token: str) -> None:
-        """A sign of life from the runner holding ``token``; ``StaleRunner`` when the
-        session has been delivered to another runner since."""
+        """A sign of life from the runner holding ``token``, which also locks the session
+        row until the transaction ends (a runner's write takes it first). ``StaleRunner``,
+        with nothing changed, when the session has moved on: delivered to another runner,
+        completed (an operator's cancel) or purged; ``SessionNotFound`` when it is gone."""
         require_text(session_id, "session_id")
         require_text(token, "resume_token")
         stmt = (
             update(AgentSession)
-            .where(agent_sessions.c.id == session_id, agent_sessions.c.resume_token == token)
+            .where(*_runner_holds(session_id, token))
             .values(last_seen_at=func.now())
             .returning(agent_sessions.c.id)
         )
@@ -204,19 +234,63 @@ class ResumeRepository:
                 raise SessionNotFound(session_id)
         raise StaleRunner(session_id, token)
 
-    async def redeliver(self, session_id: str) -> AgentSession | None:
-        """Owe a working session's resume again at once, attempts reset and unparked (the
-        operator's ``sessions redeliver``). The token stays: it is the same wake. None
-        when the session is not working."""
+    async def retire_token(self, session_id: str) -> AgentSession | None:
+        """The session is finished: no runner holds it any more (completion). Returns
+        the row, None if there is none."""
         require_text(session_id, "session_id")
         stmt = (
             update(AgentSession)
-            .where(agent_sessions.c.id == session_id, agent_sessions.c.status == _WORKING)
-            .values(resume_due_at=func.now(), resume_attempts=0, resume_parked_at=None)
+            .where(agent_sessions.c.id == session_id)
+            .values(resume_token=None)
             .returning(AgentSession)
         )
         found = await self._sessions(stmt, {})
         return found[0] if found else None
+
+    async def redeliver(self, session_id: str, *, force: bool = False) -> AgentSession | None:
+        """Owe a working session's resume again at once, attempts reset and unparked (the
+        operator's ``sessions redeliver``). None when the session is not working (or
+        does not exist).
+
+        While a delivery is held under an unexpired lease (a hook is running it) this
+        raises ``ResumeInProgress`` and changes nothing: the token stays the same on
+        every delivery of one wake, so a second delivery would be a second runner that
+        fencing cannot tell apart. ``force`` redelivers anyway with a new token, which
+        fences the running runner. "Held" is decided in the guarded UPDATE itself, on the
+        database clock that stamped the lease; the row is locked first, so the reason
+        for a refusal is read from the row as the UPDATE saw it.
+        """
+        require_text(session_id, "session_id")
+        working = [agent_sessions.c.id == session_id, agent_sessions.c.status == _WORKING]
+        with translate_errors(session_id=session_id):
+            # Only a working row is locked: a sleeper is never held up for a wake.
+            seen = (
+                await self.session.execute(
+                    select(agent_sessions.c.resume_due_at, func.coalesce(_held(), False))
+                    .where(*working)
+                    .with_for_update()
+                )
+            ).one_or_none()
+        if seen is None:
+            return None
+        values: dict[str, object] = (
+            owed_resume()
+            if force
+            else {"resume_due_at": func.now(), "resume_attempts": 0, "resume_parked_at": None}
+        )
+        stmt = (
+            update(AgentSession)
+            .where(*working, *([] if force else [_not_held()]))
+            .values(**values)
+            .returning(AgentSession)
+        )
+        found = await self._sessions(stmt, {})
+        if found:
+            return found[0]
+        held_until, held = seen
+        if held:
+            raise ResumeInProgress(session_id, until=held_until)
+        return None  # pragma: no cover - the row is locked: the UPDATE saw what was read
 
     async def stuck(self, *, overdue: timedelta, limit: int = 100) -> list[AgentSession]:
         """Parked sessions, and deliveries due for longer than ``overdue``: what an

@@ -67,7 +67,10 @@ class _Dispatcher:
         # Plain-function hooks get threads of their own, as many as there are slots.
         self.threads = ThreadPoolExecutor(concurrency, thread_name_prefix="resume-hook")
         self._freed = asyncio.Event()
-        self.held: dict[str, str] = {}  # session id -> token of deliveries not yet done
+        # Token -> session id of the deliveries not yet done. Keyed by token: after a
+        # forced redelivery this worker may run the fenced delivery and the new one of
+        # the same session at once, and the old one's end must not drop the new one.
+        self.held: dict[str, str] = {}
         self.pending = 0  # deliveries whose hook has not finished: running or queued
         self.tasks: set[asyncio.Task[None]] = set()
         self.report = WakeReport()
@@ -82,7 +85,7 @@ class _Dispatcher:
                 asyncio.create_task(self._renewer()),
             ]
         for restored in deliveries:
-            self.held[restored.session.id] = restored.resume_token
+            self.held[restored.resume_token] = restored.session.id
             self.pending += 1
             task = asyncio.create_task(self._deliver(restored))
             self.tasks.add(task)
@@ -114,11 +117,11 @@ class _Dispatcher:
                 metrics.RESUMES.labels("failed").inc()
                 with contextlib.suppress(Exception):  # the lease runs out: delivered again
                     await delivery_failed(self.rt, restored, exc)
-                self._release(restored.session.id)
+                self._release(restored.resume_token)
                 return
             finally:
                 metrics.HOOKS_RUNNING.dec()
-        self._to_ack[restored.session.id] = restored.resume_token
+        self._to_ack[restored.resume_token] = restored.session.id
         self._ack_wanted.set()
 
     async def _acknowledger(self) -> None:
@@ -127,19 +130,20 @@ class _Dispatcher:
             await self._ack_wanted.wait()
             self._ack_wanted.clear()
             batch, self._to_ack = self._to_ack, {}
+            done = 0
             try:
-                done = await acknowledge(self.rt, batch)
+                for tokens in _by_session(batch):
+                    done += await acknowledge(self.rt, tokens)
             except Exception as exc:
                 # Not acknowledged: held until the lease runs out, then delivered again.
                 log.warning("ack_error sessions=%d error=%r", len(batch), str(exc))
-                done = 0
             self.report.acknowledged += done
             metrics.RESUMES.labels("acknowledged").inc(done)
-            for session_id in batch:
-                self._release(session_id)
+            for token in batch:
+                self._release(token)
 
-    def _release(self, session_id: str) -> None:
-        self.held.pop(session_id, None)
+    def _release(self, token: str) -> None:
+        self.held.pop(token, None)
         self._freed.set()
 
     def room(self) -> int:
@@ -158,7 +162,9 @@ class _Dispatcher:
             await asyncio.sleep(period)
             if self.held:
                 try:
-                    await renew_leases(self.rt, dict(self.held))
+                    # A session held twice (a fenced delivery and its successor): the
+                    # one started last is the session's; the other renews nothing.
+                    await renew_leases(self.rt, {sid: tok for tok, sid in self.held.items()})
                 except Exception as exc:
                     log.warning("lease_renewal_error error=%r", str(exc))
 
@@ -368,6 +374,19 @@ class WakeWorker:
 
     def _on_notify(self, *_: object) -> None:
         self._notified.set()
+
+
+def _by_session(tokens: dict[str, str]) -> list[dict[str, str]]:
+    """Token -> session id as session id -> token mappings, as few as can hold them
+    (one, unless a session appears with two tokens)."""
+    rounds: list[dict[str, str]] = []
+    for token, session_id in tokens.items():
+        free = next((r for r in rounds if session_id not in r), None)
+        if free is None:
+            free = {}
+            rounds.append(free)
+        free[session_id] = token
+    return rounds
 
 
 def _acknowledge_only(restored: RestoredSession) -> None:

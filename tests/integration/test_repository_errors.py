@@ -159,6 +159,7 @@ CALLS: dict[str, Call] = {
         "s-1", "t", delay=timedelta(seconds=1)
     ),
     "ResumeRepository.heartbeat": lambda s: ResumeRepository(s).heartbeat("s-1", "t"),
+    "ResumeRepository.retire_token": lambda s: ResumeRepository(s).retire_token("s-1"),
     "ResumeRepository.redeliver": lambda s: ResumeRepository(s).redeliver("s-1"),
     "ResumeRepository.stuck": lambda s: ResumeRepository(s).stuck(overdue=timedelta(1)),
     "ResumeRepository.seconds_until_next_delivery": lambda s: ResumeRepository(

@@ -86,7 +86,7 @@ async def _runner(restored: RestoredSession) -> None:
                 resume_token=token,
             )  # fmt: skip
         if await asyncio.to_thread(os.path.exists, os.environ["SOAK_STOP_FILE"]):
-            await complete_session(rt, sid)
+            await complete_session(rt, sid, resume_token=token)  # fenced like the rest
             record("completed", restored)
             return
         async with rt.session_factory.begin() as s:

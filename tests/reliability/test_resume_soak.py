@@ -1,5 +1,6 @@
 """Resume soak: two worker processes deliver resumes while hooks fail 10 % of the time,
-runners vanish, and a worker is killed with SIGKILL every few seconds (and restarted).
+runners vanish, a worker is killed with SIGKILL every few seconds (and restarted), and
+an operator redelivers sessions now and then, some with ``--force``.
 
 Invariants: every wake is delivered and acknowledged in the end, and every session is
 finished by a runner; no working session goes without a live runner for longer than
@@ -24,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_session_factory
 from app.db.models import AgentSession
+from app.domain import InvalidTransition, ResumeInProgress
+from app.lifecycle import Runtime, redeliver
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import BudgetDaemon
@@ -87,6 +90,24 @@ async def test_resume_soak(
                 or 0
             )
 
+    operator = Runtime(create_session_factory(engine), store, settings)
+    redeliveries: Counter[str] = Counter()
+
+    async def redeliver_some() -> None:
+        """An operator redelivers a few sessions: refused while a hook holds one,
+        forced (a new token, the running runner fenced) half of the time."""
+        for _ in range(3):
+            sid = f"soak-{rng.randrange(1, SESSIONS + 1):05d}"
+            force = rng.random() < 0.5
+            try:
+                await redeliver(operator, sid, force=force)
+            except ResumeInProgress:
+                redeliveries["in progress"] += 1
+            except InvalidTransition:
+                redeliveries["not working"] += 1
+            else:
+                redeliveries["forced" if force else "owed"] += 1
+
     kills = 0
     worst = 0
     rng = random.Random(5)
@@ -103,6 +124,7 @@ async def test_resume_soak(
             workers[victim] = worker(started)
             started += 1
             worst = max(worst, await stranded())
+            await redeliver_some()
         # Winding down: runners finish their sessions from now on; the ones that died or
         # vanished are found and delivered again until every session is done.
         stop_file.touch()
@@ -158,5 +180,6 @@ async def test_resume_soak(
             f"\n  resume soak {SOAK_SECONDS:g}s: {SESSIONS} sessions, {kills} worker kills,"
             f" {len(delivered)} deliveries, {happened['hook-failed']} hook failures,"
             f" {happened['vanished']} vanished runners, {happened['fenced']} fenced,"
-            f" {happened['slept']} sleeps; violations: 0"
+            f" {happened['slept']} sleeps, operator redeliveries {dict(redeliveries)};"
+            " violations: 0"
         )
