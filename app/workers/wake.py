@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
@@ -36,7 +36,24 @@ from app.workers.backoff import Backoff, tick_forever, wait_or_stop
 
 log = logging.getLogger("app.worker")
 
-ResumeHook = Callable[[RestoredSession], Awaitable[Any] | Any]
+#: A resume hook takes the restored session, and optionally the Runtime that delivered
+#: it (``hook(restored)`` or ``hook(restored, rt)``), so that it never builds its own.
+ResumeHook = (
+    Callable[[RestoredSession], Awaitable[Any] | Any]
+    | Callable[[RestoredSession, Runtime], Awaitable[Any] | Any]
+)
+
+
+def takes_runtime(hook: ResumeHook) -> bool:
+    """Whether ``hook`` takes a second positional argument (the Runtime)."""
+    try:
+        params = list(inspect.signature(hook).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: one argument
+        return False
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional for p in params) >= 2
 
 
 @dataclass
@@ -62,6 +79,7 @@ class _Dispatcher:
     def __init__(self, rt: Runtime, hook: ResumeHook, concurrency: int) -> None:
         self.rt = rt
         self.hook = hook
+        self.args: tuple[Any, ...] = (rt,) if takes_runtime(hook) else ()
         self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)
         # Plain-function hooks get threads of their own, as many as there are slots.
@@ -103,13 +121,14 @@ class _Dispatcher:
             self.report.delivered += 1
             metrics.HOOKS_RUNNING.inc()
             try:
-                if inspect.iscoroutinefunction(self.hook):
-                    await self.hook(restored)
+                hook = cast(Callable[..., Any], self.hook)
+                if inspect.iscoroutinefunction(hook):
+                    await hook(restored, *self.args)
                 else:
                     # A plain function may block: it runs in a thread, so leases are
                     # still renewed and other hooks still run meanwhile.
                     loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(self.threads, self.hook, restored)
+                    result = await loop.run_in_executor(self.threads, hook, restored, *self.args)
                     if inspect.isawaitable(result):
                         await result
             except Exception as exc:
@@ -211,6 +230,11 @@ class WakeWorker:
         self.rt = Runtime(session_factory, store, settings, clock)
         self.settings = settings
         self.clock = clock
+        if on_resume is None:
+            log.warning(
+                "worker started without a resume hook: every resume is acknowledged at once"
+                " and no runner carries the session on (pass on_resume=, or --on-resume)"
+            )
         self.on_resume: ResumeHook = on_resume or _acknowledge_only
         self.batch_size = batch_size
         self._notified = asyncio.Event()

@@ -1,0 +1,96 @@
+"""A worker hook may take the Runtime that delivered it, as ``hook(restored, rt)``,
+async or plain; ``hook(restored)`` keeps working; a worker without a hook says so."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import lifecycle
+from app.lifecycle import RestoredSession, Runtime
+from app.session_store import RedisSessionStore
+from app.settings import Settings
+from app.workers import WakeWorker
+from app.workers.wake import takes_runtime
+from tests.e2e.conftest import make_due_sleepers
+from tests.integration.helpers import Factory
+
+SETTINGS = Settings(_env_file=None)
+
+
+def test_how_many_arguments_a_hook_takes() -> None:
+    async def one(restored: RestoredSession) -> None: ...
+
+    async def two(restored: RestoredSession, rt: Runtime) -> None: ...
+
+    def plain_two(restored: RestoredSession, rt: Runtime) -> None: ...
+
+    def keyword_only(restored: RestoredSession, *, rt: Runtime | None = None) -> None: ...
+
+    assert (takes_runtime(one), takes_runtime(two), takes_runtime(plain_two)) == (
+        False,
+        True,
+        True,
+    )
+    assert takes_runtime(keyword_only) is False
+    assert takes_runtime(print) is True  # *args: it is handed both
+
+
+async def test_an_async_hook_gets_the_runtime_it_was_delivered_by(
+    engine: AsyncEngine, session_factory: Factory, store: RedisSessionStore
+) -> None:
+    await make_due_sleepers(engine, 3, prefix="hook-rt")
+    seen: list[tuple[str, Runtime]] = []
+
+    async def hook(restored: RestoredSession, rt: Runtime) -> None:
+        # The Runtime works: the hook reads the session through it.
+        state = await lifecycle.session_state(rt, restored.session.id)
+        assert state["status"] == "working"
+        seen.append((restored.session.id, rt))
+
+    worker = WakeWorker(session_factory, store, SETTINGS, on_resume=hook)
+    await worker.run_once()
+
+    assert sorted(sid for sid, _ in seen) == [f"hook-rt-0000{i}" for i in (1, 2, 3)]
+    assert all(rt is worker.rt for _, rt in seen)
+
+
+async def test_a_plain_hook_with_the_runtime_runs_in_a_thread(
+    engine: AsyncEngine, session_factory: Factory, store: RedisSessionStore
+) -> None:
+    await make_due_sleepers(engine, 2, prefix="hook-plain")
+    seen: list[tuple[str, Runtime, bool]] = []
+
+    def hook(restored: RestoredSession, rt: Runtime) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        seen.append((restored.session.id, rt, main))
+
+    worker = WakeWorker(session_factory, store, SETTINGS, on_resume=hook)
+    await worker.run_once()
+
+    assert sorted(sid for sid, _, _ in seen) == ["hook-plain-00001", "hook-plain-00002"]
+    assert all(rt is worker.rt and not main for _, rt, main in seen)
+
+
+async def test_a_one_argument_hook_still_works(
+    engine: AsyncEngine, session_factory: Factory, store: RedisSessionStore
+) -> None:
+    await make_due_sleepers(engine, 1, prefix="hook-one")
+    seen: list[str] = []
+
+    async def hook(restored: RestoredSession) -> None:
+        seen.append(restored.session.id)
+
+    await WakeWorker(session_factory, store, SETTINGS, on_resume=hook).run_once()
+    assert seen == ["hook-one-00001"]
+
+
+def test_a_worker_without_a_hook_warns(
+    session_factory: Factory, store: RedisSessionStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="app.worker"):
+        WakeWorker(session_factory, store, SETTINGS)
+    assert any("without a resume hook" in r.getMessage() for r in caplog.records)
