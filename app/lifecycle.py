@@ -55,7 +55,7 @@ from app.repositories import (
 from app.repositories.checkpoint_cache import HistoryCache
 from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
 from app.settings import Settings
-from app.validation import parse_enum, require_int, require_text
+from app.validation import parse_enum, require_id, require_int, require_text
 
 log = logging.getLogger("app.lifecycle")
 
@@ -238,7 +238,10 @@ async def start_session(
     """Create a working session: the tier's model (BDGT-05), today's budget, a resume
     token for the caller (who is the runner: no resume is owed), the Redis key."""
     tier = parse_enum(Tier, tier, "tier")
-    require_text(clerk_user_id, "clerk_user_id")
+    # Every id is checked before anything is written (DESIGN.md §6c).
+    require_id(session_id, "session_id")
+    require_id(job_id, "job_id")
+    require_id(clerk_user_id, "clerk_user_id")
     today = policy.budget_day(rt.clock())
     async with rt.session_factory.begin() as s:
         budget = await BudgetRepository(s, rt.settings).daily_budget(

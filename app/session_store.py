@@ -18,7 +18,7 @@ from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisError
 
 from app.domain import InvalidInput, SessionStoreUnavailable
-from app.validation import require_aware, require_int, require_text
+from app.validation import require_aware, require_id, require_int, require_text
 
 if TYPE_CHECKING:
     from app.db.models import AgentSession
@@ -105,7 +105,7 @@ class RedisSessionStore:
 
     def key(self, session_id: str) -> str:
         """The Redis key of a session. Every key this store touches starts with the prefix."""
-        return f"{self.prefix}:{require_text(session_id, 'session_id')}"
+        return f"{self.prefix}:{require_id(session_id, 'session_id')}"
 
     async def _call(self, what: str, awaitable: Awaitable[T]) -> T:
         # The bound holds whatever the client's own socket timeouts and retries are.

@@ -47,6 +47,7 @@ from app.validation import (
     parse_enum,
     parse_statuses,
     require_aware,
+    require_id,
     require_int,
     require_money,
     require_text,
@@ -148,9 +149,9 @@ class SessionRepository:
     ) -> AgentSession:
         """Insert a ``working`` session; ``SessionAlreadyExists`` if the id is taken."""
         values = {
-            "id": require_text(id, "id"),
-            "job_id": require_text(job_id, "job_id"),
-            "clerk_user_id": require_text(clerk_user_id, "clerk_user_id"),
+            "id": require_id(id, "id"),
+            "job_id": require_id(job_id, "job_id"),
+            "clerk_user_id": require_id(clerk_user_id, "clerk_user_id"),
             "tier": parse_enum(Tier, tier, "tier").value,
             "model_used": require_text(model_used, "model_used", max_length=MAX_MODEL_LENGTH),
             "daily_budget_microdollars": require_money(
@@ -180,7 +181,7 @@ class SessionRepository:
 
     async def get_or_none(self, session_id: str) -> AgentSession | None:
         """The session, freshly read, or None."""
-        require_text(session_id, "session_id")
+        require_id(session_id, "session_id")
         stmt = select(AgentSession).where(agent_sessions.c.id == session_id)
         result = await fresh_scalars(self.session, stmt)
         return result.one_or_none()
@@ -189,7 +190,7 @@ class SessionRepository:
         """Lock the session's row until the transaction ends (False: no such session).
         Taken first by a use case that writes the session row after other rows, so that
         it locks in the order the wake path does: the session, then the budget day."""
-        require_text(session_id, "session_id")
+        require_id(session_id, "session_id")
         found = await self.session.scalar(
             select(agent_sessions.c.id).where(agent_sessions.c.id == session_id).with_for_update()
         )
@@ -208,7 +209,7 @@ class SessionRepository:
         Raises ``InvalidTransition`` (with the current status) when another writer moved
         first or the state machine has no such edge, and ``SessionNotFound``.
         """
-        require_text(session_id, "session_id")
+        require_id(session_id, "session_id")
         target = parse_enum(SessionStatus, to, "to")
         sources = parse_statuses(expected) & ALLOWED_SOURCES[target]
         params: dict[str, Any] = {
@@ -242,7 +243,7 @@ class SessionRepository:
 
     async def add_cost(self, session_id: str, microdollars: int) -> int:
         """Add to the session's cumulative cost atomically; returns the new total."""
-        require_text(session_id, "session_id")
+        require_id(session_id, "session_id")
         require_money(microdollars, "microdollars")
         stmt = (
             update(AgentSession)
@@ -271,7 +272,7 @@ class SessionRepository:
         Each woken session is owed a resume. With ``lease``, the caller is delivering it
         at once: the first delivery is booked to it until the lease runs out.
         """
-        ids = [require_text(sid, "session_id") for sid in budgets]
+        ids = [require_id(sid, "session_id") for sid in budgets]
         amounts = [require_money(budgets[sid], "daily_budget_microdollars") for sid in ids]
         if not ids:
             return []
@@ -304,7 +305,7 @@ class SessionRepository:
     ) -> AgentSession | None:
         """Record a new day's budget on a ``working`` session (one guarded UPDATE, no
         transition); None if the session is not working any more."""
-        require_text(session_id, "session_id")
+        require_id(session_id, "session_id")
         budget = require_money(daily_budget_microdollars, "daily_budget_microdollars")
         stmt = (
             update(AgentSession)
@@ -347,7 +348,7 @@ class SessionRepository:
     async def defer_wakes(self, retry_at: Mapping[str, datetime]) -> int:
         """Sleepers whose wake failed (their checkpoint would not restore) are due again
         at the given times, one more failure counted on each. Returns how many moved."""
-        ids = [require_text(sid, "session_id") for sid in retry_at]
+        ids = [require_id(sid, "session_id") for sid in retry_at]
         if not ids:
             return 0
         at = [require_aware(retry_at[sid], "retry_at") for sid in ids]
@@ -468,7 +469,7 @@ class SessionRepository:
         """``budget_exceeded -> working`` for the user's sessions, if the user's ``day`` is
         under 100 % of its budget (after a top-up); one guarded UPDATE. A session still
         over would be stopped again by its next charge, so it stays stopped."""
-        require_text(clerk_user_id, "clerk_user_id")
+        require_id(clerk_user_id, "clerk_user_id")
         row = (
             select(budget_days.c.budget_microdollars)
             .where(
@@ -513,9 +514,9 @@ class SessionRepository:
         if (session_id is None) == (clerk_user_id is None):
             raise InvalidInput("give exactly one of session_id or clerk_user_id")
         if session_id is not None:
-            match = agent_sessions.c.id == require_text(session_id, "session_id")
+            match = agent_sessions.c.id == require_id(session_id, "session_id")
         else:
-            match = agent_sessions.c.clerk_user_id == require_text(clerk_user_id, "clerk_user_id")
+            match = agent_sessions.c.clerk_user_id == require_id(clerk_user_id, "clerk_user_id")
         # The workers compare wake_at with their own clock, never the database's now():
         # a top-up must be due on that clock whatever the two disagree by.
         due = utc_now() if now is None else require_aware(now, "now")
@@ -565,7 +566,7 @@ class SessionRepository:
 
     async def snapshot_rows(self, session_ids: Collection[str]) -> list[SnapshotRow]:
         """The sessions with their latest checkpoint's metadata, in one query."""
-        ids = [require_text(sid, "session_id") for sid in session_ids]
+        ids = [require_id(sid, "session_id") for sid in session_ids]
         return await self._snapshot_rows(
             self._with_latest_meta()
             .where(agent_sessions.c.id.in_(ids))
@@ -610,7 +611,7 @@ class SessionRepository:
         require_int(limit, "limit", minimum=1, maximum=10_000)
         stmt = select(AgentSession).where(agent_sessions.c.status == wanted.value)
         if after_id is not None:
-            stmt = stmt.where(agent_sessions.c.id > require_text(after_id, "after_id"))
+            stmt = stmt.where(agent_sessions.c.id > require_id(after_id, "after_id"))
         stmt = stmt.order_by(agent_sessions.c.id).limit(limit)
         return list(await self.session.scalars(stmt))
 
