@@ -53,6 +53,7 @@ from app.repositories import (
     session_event,
 )
 from app.repositories.checkpoint_cache import HistoryCache
+from app.repositories.events import dedup_key
 from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
 from app.settings import Settings
 from app.validation import parse_enum, require_id, require_int, require_text
@@ -655,8 +656,12 @@ async def deliver_due(rt: Runtime, *, limit: int) -> DeliveryPass:
             *(
                 replace(
                     session_event(EventType.RESUME_PARKED, row, attempts=row.resume_attempts),
-                    dedup_key=f"{EventType.RESUME_PARKED.value}:{row.id}:{row.resume_token}"
-                    f":{_iso(row.resume_parked_at)}",
+                    dedup_key=dedup_key(
+                        EventType.RESUME_PARKED,
+                        row.id,
+                        row.resume_token,
+                        _iso(row.resume_parked_at),
+                    ),
                 )
                 for row in parked
             ),
@@ -664,7 +669,7 @@ async def deliver_due(rt: Runtime, *, limit: int) -> DeliveryPass:
                 replace(
                     session_event(EventType.RUNNER_FENCED, row),
                     # A new token per redelivery: once per fenced runner.
-                    dedup_key=f"{EventType.RUNNER_FENCED.value}:{row.id}:{row.resume_token}",
+                    dedup_key=dedup_key(EventType.RUNNER_FENCED, row.id, row.resume_token),
                 )
                 for row in orphans
             ),

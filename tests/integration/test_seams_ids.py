@@ -9,13 +9,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.db.models import AgentCostEvent, AgentEvent, AgentSession, BudgetDay, UserSettings
-from app.domain import EventType, InvalidInput
+from app.domain import EventType, InvalidInput, SessionStatus
 from app.lifecycle import (
     Runtime,
     charge,
+    deliver_due,
+    enforce_budgets,
+    redeliver,
     start_session,
     top_up,
 )
@@ -156,3 +159,109 @@ async def test_the_repositories_and_user_settings_refuse_an_id_outside_the_rule(
         await top_up(rt, clerk_user_id=bad, amount_microdollars=5, now=NOW)
     assert caught.value.field == "clerk_user_id"
     assert await count_rows(session_factory) == before
+
+
+# ------------------------------------------------- finding 1: long ids, every key fits
+
+
+async def test_a_230_character_user_is_charged_past_90_and_110_percent(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    user = "u" * 230
+    await begin(rt, "s-1", user)
+    await spend(rt, "s-1", "r-1", 9_500)  # 95 %
+    await spend(rt, "s-1", "r-2", 1_000)  # 105 %
+    await spend(rt, "s-1", "r-3", 1_000)  # 115 %: stopped
+    await spend(rt, "s-1", "r-3", 1_000)  # a retry: charged once, reported once
+    async with session_factory() as s:
+        day = await s.scalar(select(BudgetDay).where(BudgetDay.clerk_user_id == user))
+    assert day is not None
+    assert day.spent_microdollars == 11_500
+    thresholds = await events(session_factory, EventType.THRESHOLD)
+    assert [(e.clerk_user_id, e.payload["threshold_percent"]) for e in thresholds] == [
+        (user, 90),
+        (user, 100),
+        (user, 110),
+    ]
+    assert await status_of(session_factory, "s-1") == SessionStatus.BUDGET_EXCEEDED
+    stopped = await events(session_factory, EventType.STOPPED)
+    assert [(e.session_id, e.clerk_user_id) for e in stopped] == [("s-1", user)]
+
+
+async def test_a_245_character_session_over_budget_does_not_stop_the_daemon(
+    rt: Runtime, session_factory: Factory, store: RedisSessionStore
+) -> None:
+    long_id = "s" * 245
+    await begin(rt, long_id, "u-long")
+    await begin(rt, "plain", "u-plain")
+    # Both users above 110 % of the day, their sessions still working (a repository
+    # charge, say, or a price change): the daemon's pass must stop both.
+    async with session_factory.begin() as s:
+        await s.execute(text("UPDATE budget_days SET spent_microdollars = 12000"))
+    report = await enforce_budgets(rt, limit=10)
+    assert sorted(row.id for row in report.stopped) == sorted([long_id, "plain"])
+    for sid in (long_id, "plain"):
+        assert await status_of(session_factory, sid) == SessionStatus.BUDGET_EXCEEDED
+        assert (await store.get(sid) or {}).get("status") == SessionStatus.BUDGET_EXCEEDED
+    stopped = await events(session_factory, EventType.STOPPED)
+    assert sorted(e.session_id or "" for e in stopped) == sorted([long_id, "plain"])
+    assert all(len(e.dedup_key) <= 255 for e in stopped)
+    # The next pass finds nothing to do, and adds no event.
+    assert (await enforce_budgets(rt, limit=10)).stopped == []
+    assert len(await events(session_factory, EventType.STOPPED)) == 2
+
+
+async def owe_exhausted_delivery(factory: Factory, session_id: str, attempts: int) -> None:
+    """A resume owed now that has used ``attempts`` deliveries already."""
+    async with factory.begin() as s:
+        await s.execute(
+            text(
+                "UPDATE agent_sessions SET resume_due_at = now() - interval '1 s',"
+                " resume_attempts = :n WHERE id = :id"
+            ),
+            {"id": session_id, "n": attempts},
+        )
+
+
+async def test_a_200_character_session_is_parked_then_delivered(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    long_id = "p" * 200
+    await begin(rt, long_id, "u-1")
+    await begin(rt, "other", "u-2")
+    await owe_exhausted_delivery(session_factory, long_id, attempts=2)
+    await owe_exhausted_delivery(session_factory, "other", attempts=0)
+    first = await deliver_due(rt, limit=10)
+    assert first.parked == [long_id]
+    assert [d.session.id for d in first.deliveries] == ["other"]  # the others go on
+    parked = await events(session_factory, EventType.RESUME_PARKED)
+    assert [e.session_id for e in parked] == [long_id]
+    # The operator redelivers it: the next pass delivers it, with the same token.
+    await redeliver(rt, long_id)
+    second = await deliver_due(rt, limit=10)
+    assert [d.session.id for d in second.deliveries] == [long_id]
+    assert second.parked == []
+    # Parked again after running out once more: a second event, not a duplicate.
+    await owe_exhausted_delivery(session_factory, long_id, attempts=2)
+    assert (await deliver_due(rt, limit=10)).parked == [long_id]
+    assert len(await events(session_factory, EventType.RESUME_PARKED)) == 2
+
+
+async def test_a_255_character_session_whose_runner_vanished_is_fenced_and_delivered(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    long_id = "f" * 255
+    old = await begin(rt, long_id, "u-1")
+    async with session_factory.begin() as s:
+        await s.execute(
+            text(
+                "UPDATE agent_sessions SET last_seen_at = now() - interval '1 day' WHERE id = :id"
+            ),
+            {"id": long_id},
+        )
+    found = await deliver_due(rt, limit=10)
+    assert found.orphans == [long_id]
+    assert [d.session.id for d in found.deliveries] == [long_id]
+    assert found.deliveries[0].resume_token != old.resume_token
+    fenced = await events(session_factory, EventType.RUNNER_FENCED)
+    assert [e.session_id for e in fenced] == [long_id]
