@@ -191,7 +191,8 @@ class RedisSessionStore:
         return None if stored is None else int(stored["version"])
 
     async def get(self, session_id: str, *, refresh: bool = True) -> dict[str, Any] | None:
-        """The stored state, or None. ``refresh`` renews the TTL (``GETEX .. EX``)."""
+        """The stored state, or None (also for a value that is not a JSON object).
+        ``refresh`` renews the TTL (``GETEX .. EX``)."""
         key = self.key(session_id)
         if refresh:
             raw = await self._call("GETEX", self.redis.getex(key, ex=self.ttl_seconds))
@@ -199,8 +200,13 @@ class RedisSessionStore:
             raw = await self._call("GET", self.redis.get(key))
         if raw is None:
             return None
-        value: dict[str, Any] = orjson.loads(raw)
-        return value
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+        # Not a snapshot (a name an older version kept under a session's key, say): no
+        # key, so it is rebuilt from PostgreSQL; the guard replaces it on the next write.
+        return value if isinstance(value, dict) else None
 
     async def delete_many(self, session_ids: Collection[str]) -> int:
         """Remove the keys of these sessions (one round trip, one key per command);
@@ -227,10 +233,15 @@ class RedisSessionStore:
 
         return sum(await self._pipeline("EXISTS (pipeline)", queue))
 
+    def own_key(self, name: str) -> str:
+        """A name the store keeps for itself: ``{prefix}|{name}``. Every session key is
+        ``{prefix}:{id}``, so no session id, whatever it is, can reach one (DESIGN.md
+        §6c); on a cluster each is one key like any other, in its own slot."""
+        return f"{self.prefix}|{name}"
+
     @property
     def _reconciled_key(self) -> str:
-        # Not a session key: "~" starts no id that the application makes.
-        return f"{self.prefix}:~reconciled-through"
+        return self.own_key("reconciled-through")
 
     async def reconciled_through(self) -> datetime | None:
         """How far the mirror was reconciled from PostgreSQL (None: never, or Redis lost

@@ -19,12 +19,14 @@ from app.lifecycle import (
     deliver_due,
     enforce_budgets,
     redeliver,
+    session_state,
     start_session,
     top_up,
 )
 from app.repositories import BudgetRepository, SessionRepository
 from app.session_store import RedisClient, RedisSessionStore
 from app.settings import ModelPrice, Settings
+from app.workers import BudgetDaemon
 from tests.integration.helpers import Factory
 from tests.integration.money import ONE_PER_TOKEN
 
@@ -265,3 +267,25 @@ async def test_a_255_character_session_whose_runner_vanished_is_fenced_and_deliv
     assert found.deliveries[0].resume_token != old.resume_token
     fenced = await events(session_factory, EventType.RUNNER_FENCED)
     assert [e.session_id for e in fenced] == [long_id]
+
+
+# ---------------------------- finding 10: a session named like the store's own names
+
+
+@pytest.mark.parametrize("session_id", ["~reconciled-through", "|reconciled-through"])
+async def test_a_session_named_after_the_watermark_breaks_no_daemon_pass(
+    rt: Runtime, session_factory: Factory, store: RedisSessionStore, session_id: str
+) -> None:
+    await begin(rt, session_id, "u-1")
+    await begin(rt, "plain", "u-2")
+    daemon = BudgetDaemon(session_factory, store, rt.settings, clock=lambda: NOW)
+    for _ in range(2):  # the second pass reads back the watermark the first one wrote
+        report = await daemon.run_once()
+        assert report.reconciled >= 2
+    assert await store.reconciled_through() is not None
+    state = await session_state(rt, session_id)
+    assert (state["session_id"], state["status"]) == (session_id, SessionStatus.WORKING)
+    await spend(rt, session_id, "r-1", 12_000)  # 120 %: stopped, the key rewritten
+    assert (await store.get(session_id) or {}).get("status") == SessionStatus.BUDGET_EXCEEDED
+    await daemon.run_once()
+    assert (await store.get(session_id) or {}).get("status") == SessionStatus.BUDGET_EXCEEDED
