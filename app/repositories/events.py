@@ -18,6 +18,7 @@ from app.budget import policy
 from app.db.models import AgentEvent, AgentSession
 from app.db.tables import agent_events
 from app.domain import Decision, EventType
+from app.incarnation import incarnation
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sql import claim_due
 from app.validation import MAX_ID_LENGTH
@@ -91,7 +92,7 @@ def session_event(
         payload.setdefault("wake_at", session.wake_at.isoformat())
     return NewEvent(
         type,
-        dedup_key(type, session.id, session.version),
+        dedup_key(type, session.id, incarnation(session), session.version),
         payload,
         clerk_user_id=session.clerk_user_id,
         session_id=session.id,

@@ -39,6 +39,7 @@ from app.domain import (
     SessionStatus,
     Tier,
 )
+from app.incarnation import incarnation_of
 from app.repositories.budget_rules import stops
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sql import FRESH, fresh_scalars, given_rows
@@ -84,6 +85,20 @@ class SnapshotRow:
     def done(self) -> bool:
         """A completed session has no key."""
         return self.session.status == SessionStatus.COMPLETED.value
+
+
+@dataclass(frozen=True)
+class SessionHead:
+    """What tells a session's current Redis snapshot from a stale one."""
+
+    incarnation: int
+    version: int
+    status: str
+
+    @property
+    def done(self) -> bool:
+        """A completed session has no key."""
+        return self.status == SessionStatus.COMPLETED.value
 
 
 def owed_resume(*, due: Any = None, attempts: int = 0) -> dict[str, Any]:
@@ -162,7 +177,10 @@ class SessionRepository:
         # The caller is the runner: it gets a token, and no resume is owed.
         stmt = (
             insert(AgentSession)
-            .values(**values, resume_token=NEW_RESUME_TOKEN)
+            # started_at is the row's incarnation (app.incarnation): stamped when the
+            # row is inserted, after any erased row of the same id was, so two lives
+            # of one id never share it (now() is when the transaction began).
+            .values(**values, resume_token=NEW_RESUME_TOKEN, started_at=func.clock_timestamp())
             .on_conflict_do_nothing(index_elements=[agent_sessions.c.id])
             .returning(AgentSession)
         )
@@ -185,6 +203,24 @@ class SessionRepository:
         stmt = select(AgentSession).where(agent_sessions.c.id == session_id)
         result = await fresh_scalars(self.session, stmt)
         return result.one_or_none()
+
+    async def head(self, session_id: str) -> SessionHead | None:
+        """The session's incarnation, version and status (one primary-key read), or None:
+        enough to tell whether a Redis snapshot is the current one."""
+        require_id(session_id, "session_id")
+        with translate_errors(session_id=session_id):
+            found = (
+                await self.session.execute(
+                    select(
+                        agent_sessions.c.started_at,
+                        agent_sessions.c.version,
+                        agent_sessions.c.status,
+                    ).where(agent_sessions.c.id == session_id)
+                )
+            ).one_or_none()
+        if found is None:
+            return None
+        return SessionHead(incarnation_of(found.started_at), found.version, found.status)
 
     async def lock(self, session_id: str) -> bool:
         """Lock the session's row until the transaction ends (False: no such session).

@@ -8,16 +8,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import func, select, text
 
 from app.db.models import AgentCostEvent, AgentEvent, AgentSession, BudgetDay, UserSettings
-from app.domain import EventType, InvalidInput, SessionStatus
+from app.domain import EventType, InvalidInput, SessionNotFound, SessionStatus
 from app.lifecycle import (
     Runtime,
     charge,
+    complete_session,
+    delete_session,
     deliver_due,
     enforce_budgets,
+    purge_finished,
     redeliver,
     session_state,
     start_session,
@@ -289,3 +293,87 @@ async def test_a_session_named_after_the_watermark_breaks_no_daemon_pass(
     assert (await store.get(session_id) or {}).get("status") == SessionStatus.BUDGET_EXCEEDED
     await daemon.run_once()
     assert (await store.get(session_id) or {}).get("status") == SessionStatus.BUDGET_EXCEEDED
+
+
+# ------------------------------ findings 11 and 12: erasure, then the same id again
+
+
+async def leave_behind(
+    redis: RedisClient, store: RedisSessionStore, snapshot: dict[str, Any]
+) -> None:
+    """What a Redis that missed the erasure holds (a late write of the erased session,
+    or a delete that never arrived): its snapshot, at a version far ahead."""
+    await redis.set(store.key(snapshot["session_id"]), orjson.dumps({**snapshot, "version": 50}))
+
+
+async def test_an_erased_id_used_again_wins_in_redis_and_the_erased_one_is_never_served(
+    rt: Runtime, session_factory: Factory, store: RedisSessionStore, redis: RedisClient
+) -> None:
+    await begin(rt, "reused", "u-old")
+    await spend(rt, "reused", "r-1", 12_000)  # stopped: version 1
+    erased = await store.get("reused")
+    assert erased is not None
+    assert erased["clerk_user_id"] == "u-old"
+    await delete_session(rt, "reused")
+
+    await leave_behind(redis, store, erased)
+    with pytest.raises(SessionNotFound):
+        await session_state(rt, "reused")  # never the erased session...
+    assert await store.get("reused", refresh=False) is None  # ...and its key is gone
+
+    await leave_behind(redis, store, erased)
+    await begin(rt, "reused", "u-new")  # its key wins over the one left behind
+    key = await store.get("reused", refresh=False)
+    assert key is not None
+    assert (key["clerk_user_id"], key["status"], key["version"]) == ("u-new", "working", 0)
+
+    # A late write of the erased session after the new one's: never served, and gone
+    # from Redis within one daemon tick.
+    await leave_behind(redis, store, erased)
+    state = await session_state(rt, "reused")
+    assert (state["clerk_user_id"], state["version"]) == ("u-new", 0)
+    await leave_behind(redis, store, erased)
+    await BudgetDaemon(session_factory, store, rt.settings, clock=lambda: NOW).run_once()
+    key = await store.get("reused", refresh=False)
+    assert key is not None
+    assert key["clerk_user_id"] == "u-new"
+
+    # The new session moves on; its keys follow, from version 1 (below the stale 50).
+    await spend(rt, "reused", "r-1", 12_000)  # another user's request id: charged
+    key = await store.get("reused", refresh=False)
+    assert key is not None
+    assert (key["clerk_user_id"], key["status"]) == ("u-new", SessionStatus.BUDGET_EXCEEDED)
+
+
+async def test_a_purged_session_is_never_served_from_a_key_left_behind(
+    rt: Runtime, session_factory: Factory, store: RedisSessionStore, redis: RedisClient
+) -> None:
+    await begin(rt, "done", "u-1")
+    working = await store.get("done")
+    assert working is not None
+    await complete_session(rt, "done")
+    await purge_finished(rt, older_than_days=0)
+    await leave_behind(redis, store, working)
+    state = await session_state(rt, "done")
+    assert state["status"] == SessionStatus.COMPLETED
+    assert await store.get("done", refresh=False) is None
+
+
+async def test_events_of_an_id_used_again_are_delivered_not_dropped(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    for user in ("u-1", "u-2"):
+        await begin(rt, "again", user)
+        await spend(rt, "again", f"r-{user}", 12_000)  # stopped: version 1 both times
+        await delete_session(rt, "again")
+    await begin(rt, "again", "u-3")
+    async with session_factory.begin() as s:
+        await s.execute(text("UPDATE budget_days SET spent_microdollars = 12000"))
+    assert [row.id for row in (await enforce_budgets(rt, limit=10)).stopped] == ["again"]
+    stopped = await events(session_factory, EventType.STOPPED)
+    assert [(e.session_id, e.clerk_user_id, e.payload["version"]) for e in stopped] == [
+        ("again", "u-1", 1),
+        ("again", "u-2", 1),
+        ("again", "u-3", 1),
+    ]
+    assert len({e.dedup_key for e in stopped}) == 3

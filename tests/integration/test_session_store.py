@@ -173,6 +173,28 @@ async def test_a_key_that_holds_no_snapshot_reads_as_missing_and_is_replaced(
     assert await store.get("~reconciled-through") == {"version": 0}
 
 
+async def test_another_incarnation_replaces_any_version_and_discard_spares_newer_writes(
+    store: RedisSessionStore,
+) -> None:
+    """On one Redis and on a cluster: versions order writes within one incarnation
+    only; a new life of the id wins over whatever the old one left behind."""
+    assert await store.put("s-1", {"incarnation": 100, "version": 50}) is True
+    assert await store.put("s-1", {"incarnation": 100, "version": 49}) is False
+    assert await store.put("s-1", {"incarnation": 200, "version": 0}) is True
+    assert await store.put("s-1", {"incarnation": 200, "version": 1}) is True
+    assert await store.put("s-1", {"version": 9}) is True  # none is an incarnation too
+    assert await store.put("s-1", {"incarnation": 200, "version": 2}) is True
+    # A stale key is removed only as it was read: never a newer one, nor a new life's.
+    assert await store.discard("s-1", incarnation=100, version=50) is False
+    assert await store.discard("s-1", incarnation=200, version=1) is False
+    assert await store.version("s-1") == 2
+    assert await store.discard("s-1", incarnation=200, version=2) is True
+    assert await store.get("s-1") is None
+    with pytest.raises(InvalidInput) as caught:
+        await store.put("s-1", {"incarnation": "100", "version": 1})
+    assert caught.value.field == "state.incarnation"
+
+
 @pytest.fixture
 async def silent_server() -> AsyncIterator[int]:
     """A TCP server on loopback that accepts connections and never answers."""
