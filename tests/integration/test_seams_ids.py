@@ -5,6 +5,7 @@ PostgreSQL and Redis throughout."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -377,3 +378,31 @@ async def test_events_of_an_id_used_again_are_delivered_not_dropped(
         ("again", "u-3", 1),
     ]
     assert len({e.dedup_key for e in stopped}) == 3
+
+
+async def test_late_writes_of_an_erased_session_racing_its_reuse_converge_in_one_tick(
+    rt: Runtime, session_factory: Factory, store: RedisSessionStore, redis: RedisClient
+) -> None:
+    """A real race: the erased session's late writes land before, between and after the
+    new session's own writes; one daemon pass later Redis holds the new session."""
+    await begin(rt, "raced", "u-old")
+    await spend(rt, "raced", "r-1", 12_000)
+    erased = await store.get("raced")
+    assert erased is not None
+    await delete_session(rt, "raced")
+
+    async def late_writes() -> None:
+        for _ in range(20):
+            await leave_behind(redis, store, erased)
+            await asyncio.sleep(0)
+
+    async def new_life() -> None:
+        await begin(rt, "raced", "u-new")
+        await spend(rt, "raced", "r-1", 5_000)  # 50 %: no move, the key stays version 0
+
+    await asyncio.gather(late_writes(), new_life(), late_writes())
+    await BudgetDaemon(session_factory, store, rt.settings, clock=lambda: NOW).run_once()
+    key = await store.get("raced", refresh=False)
+    assert key is not None
+    assert (key["clerk_user_id"], key["version"]) == ("u-new", 0)
+    assert (await session_state(rt, "raced"))["clerk_user_id"] == "u-new"
