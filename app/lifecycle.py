@@ -53,9 +53,10 @@ from app.repositories import (
     session_event,
 )
 from app.repositories.checkpoint_cache import HistoryCache
+from app.repositories.events import dedup_key
 from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
 from app.settings import Settings
-from app.validation import parse_enum, require_int, require_text
+from app.validation import parse_enum, require_id, require_int, require_text
 
 log = logging.getLogger("app.lifecycle")
 
@@ -207,26 +208,51 @@ async def reconcile_store(rt: Runtime, *, batch: int = 500, most: int = 20_000) 
 
 
 async def session_state(rt: Runtime, session_id: str) -> dict[str, Any]:
-    """The session's Redis snapshot. A missing key is rebuilt from PostgreSQL and written
-    back (a finished session keeps none: its snapshot is returned, not stored). With
-    Redis down, PostgreSQL answers. ``SessionNotFound`` if there is no such session."""
-    require_text(session_id, "session_id")
+    """The session's Redis snapshot, once PostgreSQL (one primary-key read) vouches that
+    it is the current one: the same incarnation at the same version. Otherwise, or on a
+    miss, the snapshot is rebuilt from PostgreSQL and written back (a finished session
+    keeps none: its snapshot is returned, and a stale key removed), so an erased
+    session is never served, whatever key its erasure left behind. With Redis down,
+    PostgreSQL answers. ``SessionNotFound`` if there is no such session."""
+    require_id(session_id, "session_id")
     store_up = True
     try:
         found = await rt.store.get(session_id)
     except SessionStoreUnavailable as exc:
         log.warning("store_error session=%s error=%r", session_id, str(exc))
         found, store_up = None, False
-    if found is not None:
-        return found
     async with rt.session_factory() as s:
-        rows = await SessionRepository(s).snapshot_rows([session_id])
-    if not rows:
+        repo = SessionRepository(s)
+        if found is not None:
+            head = await repo.head(session_id)
+            if (
+                head is not None
+                and not head.done
+                and found.get("incarnation") == head.incarnation
+                and found.get("version") == head.version
+            ):
+                return found
+        rows = await repo.snapshot_rows([session_id])
+    row = rows[0] if rows else None
+    if row is not None and store_up and not row.done:
+        await write_key(rt, row.session, row.meta)  # replaces a stale key
+    elif found is not None:  # an erased or finished session's key: removed, not served
+        await _discard_key(rt, session_id, found)
+    if row is None:
         raise SessionNotFound(session_id)
-    row = rows[0]
-    if store_up and not row.done:
-        await write_key(rt, row.session, row.meta)
     return session_snapshot(row.session, row.meta)
+
+
+async def _discard_key(rt: Runtime, session_id: str, stale: Mapping[str, Any]) -> None:
+    """Remove the stale snapshot just read, unless a newer write (or a new
+    incarnation's) has replaced it since."""
+    life, version = stale.get("incarnation"), stale.get("version")
+    if (life is not None and (type(life) is not int or life < 0)) or type(version) is not int:
+        return  # not a snapshot this store wrote: the next write or the TTL replaces it
+    try:
+        await rt.store.discard(session_id, incarnation=life, version=version)
+    except (SessionStoreUnavailable, InvalidInput) as exc:
+        log.warning("store_error session=%s error=%r", session_id, str(exc))
 
 
 # ------------------------------------------------------------ a runner's moves
@@ -238,7 +264,10 @@ async def start_session(
     """Create a working session: the tier's model (BDGT-05), today's budget, a resume
     token for the caller (who is the runner: no resume is owed), the Redis key."""
     tier = parse_enum(Tier, tier, "tier")
-    require_text(clerk_user_id, "clerk_user_id")
+    # Every id is checked before anything is written (DESIGN.md §6c).
+    require_id(session_id, "session_id")
+    require_id(job_id, "job_id")
+    require_id(clerk_user_id, "clerk_user_id")
     today = policy.budget_day(rt.clock())
     async with rt.session_factory.begin() as s:
         budget = await BudgetRepository(s, rt.settings).daily_budget(
@@ -705,8 +734,12 @@ async def deliver_due(rt: Runtime, *, limit: int) -> DeliveryPass:
             *(
                 replace(
                     session_event(EventType.RESUME_PARKED, row, attempts=row.resume_attempts),
-                    dedup_key=f"{EventType.RESUME_PARKED.value}:{row.id}:{row.resume_token}"
-                    f":{_iso(row.resume_parked_at)}",
+                    dedup_key=dedup_key(
+                        EventType.RESUME_PARKED,
+                        row.id,
+                        row.resume_token,
+                        _iso(row.resume_parked_at),
+                    ),
                 )
                 for row in parked
             ),
@@ -714,7 +747,7 @@ async def deliver_due(rt: Runtime, *, limit: int) -> DeliveryPass:
                 replace(
                     session_event(EventType.RUNNER_FENCED, row),
                     # A new token per redelivery: once per fenced runner.
-                    dedup_key=f"{EventType.RUNNER_FENCED.value}:{row.id}:{row.resume_token}",
+                    dedup_key=dedup_key(EventType.RUNNER_FENCED, row.id, row.resume_token),
                 )
                 for row in orphans
             ),

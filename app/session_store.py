@@ -18,7 +18,8 @@ from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisError
 
 from app.domain import InvalidInput, SessionStoreUnavailable
-from app.validation import require_aware, require_int, require_text
+from app.incarnation import incarnation
+from app.validation import require_aware, require_id, require_int, require_text
 
 if TYPE_CHECKING:
     from app.db.models import AgentSession
@@ -60,14 +61,17 @@ def connect_redis(url: str, *, cluster: bool = False) -> RedisClient:
     return Redis.from_url(url)
 
 
-# KEYS[1]: the key; ARGV: the JSON snapshot, its version, the TTL. The stored snapshot
-# is replaced unless its version is higher, so writes that arrive out of order never
-# move a key backwards. A value that is not a snapshot (no readable version) is replaced.
+# KEYS[1]: the key; ARGV: the JSON snapshot, its version, the TTL, its incarnation ("" for
+# none). Within one incarnation the stored snapshot is replaced unless its version is
+# higher, so writes that arrive out of order never move a key backwards. A snapshot of
+# another incarnation (an erased session whose id is used again) is always replaced,
+# whatever its version; so is a value that is not a snapshot.
 _PUT_IF_NOT_OLDER: Final = """
 local current = redis.call('GET', KEYS[1])
 if current then
     local ok, stored = pcall(cjson.decode, current)
-    if ok and type(stored) == 'table' then
+    if ok and type(stored) == 'table'
+        and tonumber(stored['incarnation']) == tonumber(ARGV[4]) then
         local stored_version = tonumber(stored['version'])
         if stored_version and stored_version > tonumber(ARGV[2]) then
             return 0
@@ -78,12 +82,35 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 1
 """
 
+# KEYS[1]: the key; ARGV: an incarnation ("" for none) and a version. Deletes the key
+# only if it holds that incarnation at that version or an older one (or no snapshot at
+# all): a newer write, or a new session under the same id, is never removed.
+_DELETE_IF_NOT_NEWER: Final = """
+local current = redis.call('GET', KEYS[1])
+if not current then
+    return 0
+end
+local ok, stored = pcall(cjson.decode, current)
+if ok and type(stored) == 'table' then
+    if tonumber(stored['incarnation']) ~= tonumber(ARGV[1]) then
+        return 0
+    end
+    local stored_version = tonumber(stored['version'])
+    if stored_version and stored_version > tonumber(ARGV[2]) then
+        return 0
+    end
+end
+return redis.call('DEL', KEYS[1])
+"""
+
 
 class RedisSessionStore:
     """JSON snapshots of live sessions under ``{prefix}:{session_id}`` with a TTL.
 
-    Every write is ordered by the snapshot's ``version`` (the session row's), so the
-    mirror converges on PostgreSQL whatever order processes write in.
+    Every write is ordered by the snapshot's ``version`` (the session row's) within its
+    ``incarnation`` (the row's, see :mod:`app.incarnation`), so the mirror converges on
+    PostgreSQL whatever order processes write in, and a new session under an erased
+    one's id replaces whatever key the erasure left behind.
     """
 
     def __init__(
@@ -102,10 +129,11 @@ class RedisSessionStore:
         self.timeout = timeout
         self.cluster = isinstance(redis, RedisCluster)
         self._put_script = redis.register_script(_PUT_IF_NOT_OLDER)
+        self._discard_script = redis.register_script(_DELETE_IF_NOT_NEWER)
 
     def key(self, session_id: str) -> str:
         """The Redis key of a session. Every key this store touches starts with the prefix."""
-        return f"{self.prefix}:{require_text(session_id, 'session_id')}"
+        return f"{self.prefix}:{require_id(session_id, 'session_id')}"
 
     async def _call(self, what: str, awaitable: Awaitable[T]) -> T:
         # The bound holds whatever the client's own socket timeouts and retries are.
@@ -119,7 +147,7 @@ class RedisSessionStore:
         except (RedisError, OSError) as exc:
             raise SessionStoreUnavailable(f"Redis {what} failed: {exc}") from exc
 
-    def _encode(self, session_id: str, state: Mapping[str, Any]) -> tuple[bytes, int]:
+    def _encode(self, session_id: str, state: Mapping[str, Any]) -> tuple[bytes, int, int | str]:
         version = state.get("version")
         if type(version) is not int or version < 0:
             raise InvalidInput(
@@ -127,8 +155,15 @@ class RedisSessionStore:
                 f" {version!r}: writes are ordered by it",
                 field="state.version",
             )
+        life = state.get("incarnation")
+        if life is not None and (type(life) is not int or life < 0):
+            raise InvalidInput(
+                f"session state of {session_id!r} has 'incarnation' {life!r}: an integer"
+                " >= 0, or none",
+                field="state.incarnation",
+            )
         try:
-            return orjson.dumps(dict(state)), version
+            return orjson.dumps(dict(state)), version, "" if life is None else life
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise InvalidInput(
                 f"session state of {session_id!r} is not JSON-serialisable: {exc}",
@@ -136,17 +171,30 @@ class RedisSessionStore:
             ) from exc
 
     async def put(self, session_id: str, state: Mapping[str, Any]) -> bool:
-        """Store ``state`` as JSON with a fresh TTL, unless the stored snapshot has a higher
-        ``version`` (one round trip: a script runs the check and the ``SET .. EX``).
+        """Store ``state`` as JSON with a fresh TTL, unless the stored snapshot is of the
+        same ``incarnation`` (none counts as one) and has a higher ``version`` (one round
+        trip: a script runs the check and the ``SET .. EX``).
 
         Returns False when a newer snapshot was kept. An equal version overwrites.
         """
         key = self.key(session_id)
-        data, version = self._encode(session_id, state)
+        data, version, life = self._encode(session_id, state)
         written = await self._call(
-            "SET (versioned)", self._put_script(keys=[key], args=[data, version, self.ttl_seconds])
+            "SET (versioned)",
+            self._put_script(keys=[key], args=[data, version, self.ttl_seconds, life]),
         )
         return bool(written)
+
+    async def discard(self, session_id: str, *, incarnation: int | None, version: int) -> bool:
+        """Remove the key if it holds ``incarnation`` at ``version`` or older (or no
+        snapshot at all); a newer write, or another incarnation's, stays. True if removed."""
+        require_int(version, "version")
+        life = "" if incarnation is None else require_int(incarnation, "incarnation")
+        key = self.key(session_id)
+        removed = await self._call(
+            "DEL (versioned)", self._discard_script(keys=[key], args=[life, version])
+        )
+        return bool(removed)
 
     async def put_many(self, states: Mapping[str, Mapping[str, Any]]) -> int:
         """``put`` for many sessions in one round trip (a pipeline of the same script, one
@@ -160,13 +208,12 @@ class RedisSessionStore:
         encoded = [(self.key(sid), *self._encode(sid, state)) for sid, state in states.items()]
 
         async def queue(pipe: Pipeline | ClusterPipeline) -> None:
-            for key, data, version in encoded:
+            for key, data, version, life in encoded:
+                args: list[bytes | int | str] = [data, version, self.ttl_seconds, life]
                 if isinstance(pipe, Pipeline):
-                    await self._put_script(
-                        keys=[key], args=[data, version, self.ttl_seconds], client=pipe
-                    )
+                    await self._put_script(keys=[key], args=args, client=pipe)
                 else:
-                    pipe.eval(_PUT_IF_NOT_OLDER, 1, key, data, version, self.ttl_seconds)
+                    pipe.eval(_PUT_IF_NOT_OLDER, 1, key, *args)
 
         results = await self._pipeline("SET (versioned pipeline)", queue)
         return sum(1 for written in results if written)
@@ -191,7 +238,8 @@ class RedisSessionStore:
         return None if stored is None else int(stored["version"])
 
     async def get(self, session_id: str, *, refresh: bool = True) -> dict[str, Any] | None:
-        """The stored state, or None. ``refresh`` renews the TTL (``GETEX .. EX``)."""
+        """The stored state, or None (also for a value that is not a JSON object).
+        ``refresh`` renews the TTL (``GETEX .. EX``)."""
         key = self.key(session_id)
         if refresh:
             raw = await self._call("GETEX", self.redis.getex(key, ex=self.ttl_seconds))
@@ -199,8 +247,13 @@ class RedisSessionStore:
             raw = await self._call("GET", self.redis.get(key))
         if raw is None:
             return None
-        value: dict[str, Any] = orjson.loads(raw)
-        return value
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+        # Not a snapshot (a name an older version kept under a session's key, say): no
+        # key, so it is rebuilt from PostgreSQL; the guard replaces it on the next write.
+        return value if isinstance(value, dict) else None
 
     async def delete_many(self, session_ids: Collection[str]) -> int:
         """Remove the keys of these sessions (one round trip, one key per command);
@@ -227,10 +280,15 @@ class RedisSessionStore:
 
         return sum(await self._pipeline("EXISTS (pipeline)", queue))
 
+    def own_key(self, name: str) -> str:
+        """A name the store keeps for itself: ``{prefix}|{name}``. Every session key is
+        ``{prefix}:{id}``, so no session id, whatever it is, can reach one (DESIGN.md
+        §6c); on a cluster each is one key like any other, in its own slot."""
+        return f"{self.prefix}|{name}"
+
     @property
     def _reconciled_key(self) -> str:
-        # Not a session key: "~" starts no id that the application makes.
-        return f"{self.prefix}:~reconciled-through"
+        return self.own_key("reconciled-through")
 
     async def reconciled_through(self) -> datetime | None:
         """How far the mirror was reconciled from PostgreSQL (None: never, or Redis lost
@@ -294,6 +352,7 @@ def session_snapshot(
         "cumulative_cost_microdollars": session.cumulative_cost_microdollars,
         "daily_budget_microdollars": session.daily_budget_microdollars,
         "version": session.version,
+        "incarnation": incarnation(session),
         "last_checkpoint_at": _iso(session.last_checkpoint_at),
         "iteration": None,
         "phase": None,

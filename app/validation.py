@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -17,23 +18,42 @@ INT_MAX: Final = 2**31 - 1
 E = TypeVar("E", Tier, SessionStatus)
 
 
+#: Unicode category Cc: C0 controls, DEL and C1 controls. No id (and no stored text)
+#: carries one: a newline in an id would forge a log line, a NUL cannot be stored.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def require_text(value: Any, field: str, *, max_length: int = MAX_ID_LENGTH) -> str:
-    """A non-empty ``str`` of at most ``max_length`` characters, storable in PostgreSQL."""
+    """A ``str`` of 1 to ``max_length`` characters, not blank, with no control character
+    (Unicode category Cc) and no lone surrogate: storable in PostgreSQL and Redis, and
+    printable in a log line. ``InvalidInput`` naming ``field`` otherwise."""
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a string, not {type(value).__name__}", field=field)
     if not value or not value.strip():
-        raise InvalidInput(f"{field} must not be empty", field=field)
+        raise InvalidInput(f"{field} must not be empty or blank", field=field)
     if len(value) > max_length:
         raise InvalidInput(
             f"{field} is {len(value)} characters long; the limit is {max_length}", field=field
         )
-    if "\x00" in value:
-        raise InvalidInput(f"{field} contains a NUL character", field=field)
+    control = _CONTROL.search(value)
+    if control is not None:
+        raise InvalidInput(
+            f"{field} contains the control character U+{ord(control.group()):04X}"
+            f" at position {control.start()}",
+            field=field,
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidInput(f"{field} is not valid UTF-8 (lone surrogate?)", field=field) from exc
     return value
+
+
+def require_id(value: Any, field: str) -> str:
+    """The id rule (DESIGN.md §6c), for a session, user, job or request id and an
+    idempotency key: a ``str`` of 1 to 255 characters, not blank, with no character of
+    category Cc and no lone surrogate; ``InvalidInput(field=...)`` otherwise."""
+    return require_text(value, field, max_length=MAX_ID_LENGTH)
 
 
 def require_int(value: Any, field: str, *, minimum: int = 0, maximum: int = BIGINT_MAX) -> int:

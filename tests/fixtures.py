@@ -38,9 +38,11 @@ async def clean_tables(engine: AsyncEngine) -> AsyncIterator[None]:
 @pytest.fixture
 async def store(redis: RedisClient, key_prefix: str) -> AsyncIterator[RedisSessionStore]:
     """A store under the run's prefix, emptied after each test."""
-    yield RedisSessionStore(redis, prefix=key_prefix)
+    store = RedisSessionStore(redis, prefix=key_prefix)
+    yield store
     async for key in redis.scan_iter(match=f"{key_prefix}:*", count=500):
         await redis.delete(key)
+    await redis.delete(store.own_key("reconciled-through"))
 
 
 @pytest.fixture

@@ -48,3 +48,28 @@ def same_types(a: Any, b: Any) -> bool:
     if type(a) is float:
         return repr(a) == repr(b)
     return bool(a == b)
+
+
+# Ids the rule accepts (DESIGN.md §6c): 1 to 255 characters, not blank, no Cc character,
+# no lone surrogate; printable Unicode of every plane, astral included.
+_id_chars = st.characters(exclude_categories=["Cc", "Cs"])
+_astral = st.characters(min_codepoint=0x10000, exclude_categories=["Cs"])
+#: Names the system uses for itself, the separators of its keys, Redis hash tags.
+SYSTEM_NAMES = [
+    "~reconciled-through",
+    "|reconciled-through",
+    "reconciled-through",
+    ":",
+    "*",
+    "\\",
+    "{tag}",
+    "session.stopped:s-1:1",
+    "budget.threshold#sha256:" + "0" * 64,
+]
+accepted_ids = st.one_of(
+    st.text(_id_chars, min_size=1, max_size=255),
+    st.text(_astral, min_size=200, max_size=255),
+    st.text(st.sampled_from(":{}|~\\#* \u00a0\u200b\U0001f600"), min_size=1, max_size=255),
+    st.sampled_from(SYSTEM_NAMES),
+    st.sampled_from(SYSTEM_NAMES).map(lambda name: (name * 40)[:255]),
+).filter(lambda s: s.strip() != "")

@@ -4,6 +4,7 @@ claimed by a deliverer with a lease, ``FOR UPDATE SKIP LOCKED``."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -17,8 +18,10 @@ from app.budget import policy
 from app.db.models import AgentEvent, AgentSession
 from app.db.tables import agent_events
 from app.domain import Decision, EventType
+from app.incarnation import incarnation
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sql import claim_due
+from app.validation import MAX_ID_LENGTH
 
 #: The thresholds a user's day can cross, in percent, and the decision that first
 #: reaches each one: a rule lives in one place (``policy.decide``).
@@ -29,9 +32,37 @@ THRESHOLDS: Final[Mapping[int, frozenset[Decision]]] = {
 }
 
 
+#: The ``dedup_key`` column is varchar(255).
+MAX_DEDUP_KEY_LENGTH: Final = MAX_ID_LENGTH
+
+
+def fit_dedup_key(type: EventType, key: str) -> str:
+    """``key`` itself when it fits its column, else ``{type}#sha256:{hex}`` of it.
+
+    Deterministic, so a repeat still collides with its first; and a hashed key never
+    equals a readable one, whose type is followed by ":" (built by :func:`dedup_key`).
+    """
+    if len(key) <= MAX_DEDUP_KEY_LENGTH:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return f"{type.value}#sha256:{digest}"
+
+
+def _escaped(part: object) -> str:
+    return str(part).replace("\\", "\\\\").replace(":", "\\:")
+
+
+def dedup_key(type: EventType, *parts: object) -> str:
+    """What makes two events the same: ``{type}:{part}:{part}...``, each part's ":" and
+    "\\" escaped (so two lists of ids never give one key), fitted to its column
+    whatever the ids in it (any accepted id is up to 255 characters)."""
+    return fit_dedup_key(type, ":".join([type.value, *map(_escaped, parts)]))
+
+
 @dataclass(frozen=True, slots=True)
 class NewEvent:
-    """An event to add; ``dedup_key`` says what makes two of them the same."""
+    """An event to add; ``dedup_key`` says what makes two of them the same (a key
+    longer than its column is hashed, see :func:`fit_dedup_key`)."""
 
     type: EventType
     dedup_key: str
@@ -39,11 +70,15 @@ class NewEvent:
     clerk_user_id: str | None = None
     session_id: str | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dedup_key", fit_dedup_key(self.type, self.dedup_key))
+
 
 def session_event(
     type: EventType, session: AgentSession, *, at: datetime | None = None, **data: Any
 ) -> NewEvent:
-    """An event about one transition of ``session``: once per (type, session, version)."""
+    """An event about one transition of ``session``: once per (type, session, version)
+    of one incarnation, so a new session under an erased one's id has events of its own."""
     payload: dict[str, Any] = {
         "status": session.status,
         "version": session.version,
@@ -57,7 +92,7 @@ def session_event(
         payload.setdefault("wake_at", session.wake_at.isoformat())
     return NewEvent(
         type,
-        f"{type.value}:{session.id}:{session.version}",
+        dedup_key(type, session.id, incarnation(session), session.version),
         payload,
         clerk_user_id=session.clerk_user_id,
         session_id=session.id,
@@ -81,7 +116,7 @@ def threshold_events(
     return [
         NewEvent(
             EventType.THRESHOLD,
-            f"{EventType.THRESHOLD.value}:{clerk_user_id}:{day.isoformat()}:{pct}",
+            dedup_key(EventType.THRESHOLD, clerk_user_id, day.isoformat(), pct),
             {
                 "threshold_percent": pct,
                 "day": day.isoformat(),
@@ -263,10 +298,13 @@ class EventRepository:
 
 
 __all__ = [
+    "MAX_DEDUP_KEY_LENGTH",
     "THRESHOLDS",
     "ClaimedEvent",
     "EventRepository",
     "NewEvent",
+    "dedup_key",
+    "fit_dedup_key",
     "session_event",
     "threshold_events",
 ]

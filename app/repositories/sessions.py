@@ -39,6 +39,7 @@ from app.domain import (
     SessionStatus,
     Tier,
 )
+from app.incarnation import incarnation_of
 from app.repositories.budget_rules import stops
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sql import FRESH, fresh_scalars, given_rows
@@ -47,6 +48,7 @@ from app.validation import (
     parse_enum,
     parse_statuses,
     require_aware,
+    require_id,
     require_int,
     require_money,
     require_text,
@@ -83,6 +85,20 @@ class SnapshotRow:
     def done(self) -> bool:
         """A completed session has no key."""
         return self.session.status == SessionStatus.COMPLETED.value
+
+
+@dataclass(frozen=True)
+class SessionHead:
+    """What tells a session's current Redis snapshot from a stale one."""
+
+    incarnation: int
+    version: int
+    status: str
+
+    @property
+    def done(self) -> bool:
+        """A completed session has no key."""
+        return self.status == SessionStatus.COMPLETED.value
 
 
 def owed_resume(*, due: Any = None, attempts: int = 0) -> dict[str, Any]:
@@ -148,9 +164,9 @@ class SessionRepository:
     ) -> AgentSession:
         """Insert a ``working`` session; ``SessionAlreadyExists`` if the id is taken."""
         values = {
-            "id": require_text(id, "id"),
-            "job_id": require_text(job_id, "job_id"),
-            "clerk_user_id": require_text(clerk_user_id, "clerk_user_id"),
+            "id": require_id(id, "id"),
+            "job_id": require_id(job_id, "job_id"),
+            "clerk_user_id": require_id(clerk_user_id, "clerk_user_id"),
             "tier": parse_enum(Tier, tier, "tier").value,
             "model_used": require_text(model_used, "model_used", max_length=MAX_MODEL_LENGTH),
             "daily_budget_microdollars": require_money(
@@ -161,7 +177,10 @@ class SessionRepository:
         # The caller is the runner: it gets a token, and no resume is owed.
         stmt = (
             insert(AgentSession)
-            .values(**values, resume_token=NEW_RESUME_TOKEN)
+            # started_at is the row's incarnation (app.incarnation): stamped when the
+            # row is inserted, after any erased row of the same id was, so two lives
+            # of one id never share it (now() is when the transaction began).
+            .values(**values, resume_token=NEW_RESUME_TOKEN, started_at=func.clock_timestamp())
             .on_conflict_do_nothing(index_elements=[agent_sessions.c.id])
             .returning(AgentSession)
         )
@@ -180,16 +199,34 @@ class SessionRepository:
 
     async def get_or_none(self, session_id: str) -> AgentSession | None:
         """The session, freshly read, or None."""
-        require_text(session_id, "session_id")
+        require_id(session_id, "session_id")
         stmt = select(AgentSession).where(agent_sessions.c.id == session_id)
         result = await fresh_scalars(self.session, stmt)
         return result.one_or_none()
+
+    async def head(self, session_id: str) -> SessionHead | None:
+        """The session's incarnation, version and status (one primary-key read), or None:
+        enough to tell whether a Redis snapshot is the current one."""
+        require_id(session_id, "session_id")
+        with translate_errors(session_id=session_id):
+            found = (
+                await self.session.execute(
+                    select(
+                        agent_sessions.c.started_at,
+                        agent_sessions.c.version,
+                        agent_sessions.c.status,
+                    ).where(agent_sessions.c.id == session_id)
+                )
+            ).one_or_none()
+        if found is None:
+            return None
+        return SessionHead(incarnation_of(found.started_at), found.version, found.status)
 
     async def lock(self, session_id: str) -> bool:
         """Lock the session's row until the transaction ends (False: no such session).
         Taken first by a use case that writes the session row after other rows, so that
         it locks in the order the wake path does: the session, then the budget day."""
-        require_text(session_id, "session_id")
+        require_id(session_id, "session_id")
         found = await self.session.scalar(
             select(agent_sessions.c.id).where(agent_sessions.c.id == session_id).with_for_update()
         )
@@ -208,7 +245,7 @@ class SessionRepository:
         Raises ``InvalidTransition`` (with the current status) when another writer moved
         first or the state machine has no such edge, and ``SessionNotFound``.
         """
-        require_text(session_id, "session_id")
+        require_id(session_id, "session_id")
         target = parse_enum(SessionStatus, to, "to")
         sources = parse_statuses(expected) & ALLOWED_SOURCES[target]
         params: dict[str, Any] = {
@@ -242,7 +279,7 @@ class SessionRepository:
 
     async def add_cost(self, session_id: str, microdollars: int) -> int:
         """Add to the session's cumulative cost atomically; returns the new total."""
-        require_text(session_id, "session_id")
+        require_id(session_id, "session_id")
         require_money(microdollars, "microdollars")
         stmt = (
             update(AgentSession)
@@ -271,7 +308,7 @@ class SessionRepository:
         Each woken session is owed a resume. With ``lease``, the caller is delivering it
         at once: the first delivery is booked to it until the lease runs out.
         """
-        ids = [require_text(sid, "session_id") for sid in budgets]
+        ids = [require_id(sid, "session_id") for sid in budgets]
         amounts = [require_money(budgets[sid], "daily_budget_microdollars") for sid in ids]
         if not ids:
             return []
@@ -304,7 +341,7 @@ class SessionRepository:
     ) -> AgentSession | None:
         """Record a new day's budget on a ``working`` session (one guarded UPDATE, no
         transition); None if the session is not working any more."""
-        require_text(session_id, "session_id")
+        require_id(session_id, "session_id")
         budget = require_money(daily_budget_microdollars, "daily_budget_microdollars")
         stmt = (
             update(AgentSession)
@@ -347,7 +384,7 @@ class SessionRepository:
     async def defer_wakes(self, retry_at: Mapping[str, datetime]) -> int:
         """Sleepers whose wake failed (their checkpoint would not restore) are due again
         at the given times, one more failure counted on each. Returns how many moved."""
-        ids = [require_text(sid, "session_id") for sid in retry_at]
+        ids = [require_id(sid, "session_id") for sid in retry_at]
         if not ids:
             return 0
         at = [require_aware(retry_at[sid], "retry_at") for sid in ids]
@@ -468,7 +505,7 @@ class SessionRepository:
         """``budget_exceeded -> working`` for the user's sessions, if the user's ``day`` is
         under 100 % of its budget (after a top-up); one guarded UPDATE. A session still
         over would be stopped again by its next charge, so it stays stopped."""
-        require_text(clerk_user_id, "clerk_user_id")
+        require_id(clerk_user_id, "clerk_user_id")
         row = (
             select(budget_days.c.budget_microdollars)
             .where(
@@ -513,9 +550,9 @@ class SessionRepository:
         if (session_id is None) == (clerk_user_id is None):
             raise InvalidInput("give exactly one of session_id or clerk_user_id")
         if session_id is not None:
-            match = agent_sessions.c.id == require_text(session_id, "session_id")
+            match = agent_sessions.c.id == require_id(session_id, "session_id")
         else:
-            match = agent_sessions.c.clerk_user_id == require_text(clerk_user_id, "clerk_user_id")
+            match = agent_sessions.c.clerk_user_id == require_id(clerk_user_id, "clerk_user_id")
         # The workers compare wake_at with their own clock, never the database's now():
         # a top-up must be due on that clock whatever the two disagree by.
         due = utc_now() if now is None else require_aware(now, "now")
@@ -565,7 +602,7 @@ class SessionRepository:
 
     async def snapshot_rows(self, session_ids: Collection[str]) -> list[SnapshotRow]:
         """The sessions with their latest checkpoint's metadata, in one query."""
-        ids = [require_text(sid, "session_id") for sid in session_ids]
+        ids = [require_id(sid, "session_id") for sid in session_ids]
         return await self._snapshot_rows(
             self._with_latest_meta()
             .where(agent_sessions.c.id.in_(ids))
@@ -610,7 +647,7 @@ class SessionRepository:
         require_int(limit, "limit", minimum=1, maximum=10_000)
         stmt = select(AgentSession).where(agent_sessions.c.status == wanted.value)
         if after_id is not None:
-            stmt = stmt.where(agent_sessions.c.id > require_text(after_id, "after_id"))
+            stmt = stmt.where(agent_sessions.c.id > require_id(after_id, "after_id"))
         stmt = stmt.order_by(agent_sessions.c.id).limit(limit)
         return list(await self.session.scalars(stmt))
 

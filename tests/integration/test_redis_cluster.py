@@ -34,6 +34,7 @@ async def cluster_store(cluster: RedisCluster, key_prefix: str) -> AsyncIterator
     yield store
     async for key in cluster.scan_iter(match=f"{key_prefix}:*", count=500):
         await cluster.delete(key)
+    await cluster.delete(store.own_key("reconciled-through"))
 
 
 def _nodes_of(cluster: RedisCluster, keys: list[str]) -> set[str]:

@@ -58,6 +58,7 @@ CALLS: dict[str, Call] = {
         id="s-9", job_id="j", clerk_user_id="u", tier="partner", model_used=SONNET
     ),
     "SessionRepository.get": lambda s: SessionRepository(s).get("s-1"),
+    "SessionRepository.head": lambda s: SessionRepository(s).head("s-1"),
     "SessionRepository.get_or_none": lambda s: SessionRepository(s).get_or_none("s-1"),
     "SessionRepository.lock": lambda s: SessionRepository(s).lock("s-1"),
     "SessionRepository.transition": lambda s: SessionRepository(s).transition(

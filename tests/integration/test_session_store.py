@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
@@ -143,6 +144,55 @@ async def test_closed_port_raises_unavailable_quickly() -> None:
         await store.put("s-1", {"status": "working", "version": 1})
     assert time.monotonic() - started < 3
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "session_id", ["~reconciled-through", "|reconciled-through", "reconciled-through", ":"]
+)
+async def test_no_session_id_reaches_a_name_the_store_keeps_for_itself(
+    store: RedisSessionStore, redis: Redis, session_id: str
+) -> None:
+    """On one Redis and on a cluster: the watermark and a session named after it (or
+    after its old key) live side by side, and neither reads the other."""
+    moment = datetime(2026, 3, 10, 12, 0, 0, 123456, tzinfo=UTC)
+    await store.set_reconciled_through(moment)
+    assert await store.put(session_id, {"status": "working", "version": 2}) is True
+    await store.set_reconciled_through(moment)
+    assert await store.get(session_id) == {"status": "working", "version": 2}
+    assert await store.reconciled_through() == moment
+    assert store.key(session_id) != store.own_key("reconciled-through")
+
+
+async def test_a_key_that_holds_no_snapshot_reads_as_missing_and_is_replaced(
+    store: RedisSessionStore, redis: Redis
+) -> None:
+    # What an older version kept under a session's key: its watermark, an ISO string.
+    await redis.set(store.key("~reconciled-through"), "2026-03-10T12:00:00+00:00")
+    assert await store.get("~reconciled-through") is None
+    assert await store.put("~reconciled-through", {"version": 0}) is True
+    assert await store.get("~reconciled-through") == {"version": 0}
+
+
+async def test_another_incarnation_replaces_any_version_and_discard_spares_newer_writes(
+    store: RedisSessionStore,
+) -> None:
+    """On one Redis and on a cluster: versions order writes within one incarnation
+    only; a new life of the id wins over whatever the old one left behind."""
+    assert await store.put("s-1", {"incarnation": 100, "version": 50}) is True
+    assert await store.put("s-1", {"incarnation": 100, "version": 49}) is False
+    assert await store.put("s-1", {"incarnation": 200, "version": 0}) is True
+    assert await store.put("s-1", {"incarnation": 200, "version": 1}) is True
+    assert await store.put("s-1", {"version": 9}) is True  # none is an incarnation too
+    assert await store.put("s-1", {"incarnation": 200, "version": 2}) is True
+    # A stale key is removed only as it was read: never a newer one, nor a new life's.
+    assert await store.discard("s-1", incarnation=100, version=50) is False
+    assert await store.discard("s-1", incarnation=200, version=1) is False
+    assert await store.version("s-1") == 2
+    assert await store.discard("s-1", incarnation=200, version=2) is True
+    assert await store.get("s-1") is None
+    with pytest.raises(InvalidInput) as caught:
+        await store.put("s-1", {"incarnation": "100", "version": 1})
+    assert caught.value.field == "state.incarnation"
 
 
 @pytest.fixture

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import CheckConstraint, Index, String, func, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from app.db.base import Base, Microdollars, Str50, Str100, Str255, check_in
 from app.domain import SessionStatus, Tier
+from app.validation import require_id
 
 
 class AgentSession(Base):
@@ -92,3 +93,8 @@ class AgentSession(Base):
     #: When retention deleted this completed session's checkpoints (RETENTION_DAYS
     #: after completion); the row and its ledger stay.
     purged_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @validates("id", "job_id", "clerk_user_id")
+    def _valid_id(self, key: str, value: str) -> str:
+        # The id rule (DESIGN.md §6c) holds for a row built by hand too.
+        return require_id(value, key)

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from app.db.base import Base, Microdollars, Str50, Str255, check_in
 from app.domain import InvalidInput, Tier
+from app.validation import require_id
 
 
 class UserSettings(Base):
@@ -37,6 +38,10 @@ class UserSettings(Base):
     updated_at: Mapped[datetime] = mapped_column(
         server_default=func.now(), onupdate=func.now(), init=False, repr=False
     )
+
+    @validates("clerk_user_id")
+    def _valid_user_id(self, key: str, value: str) -> str:
+        return require_id(value, key)
 
     @validates("subscription_renewal_date")
     def _aware_renewal(self, key: str, value: datetime | None) -> datetime | None:
