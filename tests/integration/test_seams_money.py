@@ -1,0 +1,283 @@
+"""Where two money features meet (issue 24, DESIGN.md §6c): reservations retried after
+their TTL, reservations across midnight and a period boundary, erasure and completion
+with reservations open, request ids of two users, and top-ups retried by key."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from app.db.models import AgentCostEvent, BudgetDay, BudgetReservation
+from app.domain import Decision
+from app.lifecycle import Runtime, charge, reserve, start_session
+from app.repositories import ChargeResult, Reservation
+from app.session_store import RedisSessionStore
+from app.settings import ModelPrice, Settings
+from tests.integration.helpers import Factory, ManualClock
+from tests.integration.money import ONE_PER_TOKEN, add_user
+
+NOW = datetime(2026, 11, 26, 15, 0, tzinfo=UTC)
+BUDGET = 1_000_000  # a 30,000,000 µ$ override over 30 days (no renewal date)
+CAP = BUDGET * 110 // 100
+TTL = 600
+WORST = 30_000
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        _env_file=None,
+        model_prices={ONE_PER_TOKEN: ModelPrice(input_per_mtok=1_000_000, output_per_mtok=0)},
+        reservation_ttl_seconds=TTL,
+        tier_allowance_partner=30 * BUDGET,
+    )
+
+
+@pytest.fixture
+def rt(session_factory: Factory, store: RedisSessionStore, settings: Settings) -> Runtime:
+    return Runtime(session_factory, store, settings, ManualClock(NOW))
+
+
+async def start(rt: Runtime, *ids: str, user: str = "u-1") -> None:
+    for sid in ids:
+        await start_session(rt, session_id=sid, job_id="j", clerk_user_id=user, tier="partner")
+
+
+async def book(
+    rt: Runtime, session_id: str, request_id: str, worst: int, at: datetime
+) -> Reservation:
+    return await reserve(
+        rt,
+        session_id=session_id,
+        request_id=request_id,
+        model=ONE_PER_TOKEN,
+        max_input_tokens=worst,
+        max_output_tokens=0,
+        now=at,
+    )
+
+
+async def pay(
+    rt: Runtime, session_id: str, request_id: str, cost: int, at: datetime
+) -> ChargeResult:
+    return await charge(
+        rt,
+        session_id=session_id,
+        request_id=request_id,
+        model=ONE_PER_TOKEN,
+        input_tokens=cost,
+        output_tokens=0,
+        now=at,
+    )
+
+
+async def day(factory: Factory, on: date, user: str = "u-1") -> dict[str, int]:
+    """The user's day as the books show it: spend, budget, the reserved total, and the
+    sum of the open reservation rows it must equal."""
+    async with factory() as s:
+        row = (
+            await s.execute(
+                select(
+                    BudgetDay.spent_microdollars,
+                    BudgetDay.budget_microdollars,
+                    BudgetDay.reserved_microdollars,
+                ).where(BudgetDay.clerk_user_id == user, BudgetDay.day == on)
+            )
+        ).one_or_none()
+        rows = await s.scalar(
+            select(func.coalesce(func.sum(BudgetReservation.amount_microdollars), 0)).where(
+                BudgetReservation.clerk_user_id == user, BudgetReservation.budget_day == on
+            )
+        )
+    spent, budget, reserved = row if row is not None else (0, 0, 0)
+    return {"spent": spent, "budget": budget, "reserved": reserved, "rows": int(rows or 0)}
+
+
+# ----------------------------------------------- finding 2: a retry after the TTL
+
+
+async def test_a_retried_expired_reservation_that_no_longer_fits_is_refused(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    await add_user(session_factory, override=30 * BUDGET)
+    await start(rt, "s-1", "s-2")
+    assert (await book(rt, "s-1", "call-1", 500_000, NOW)).granted
+    expired = NOW + timedelta(seconds=TTL)
+    await pay(rt, "s-2", "other", BUDGET, expired)  # the day fills while it is out
+    retried = await book(rt, "s-1", "call-1", 500_000, expired + timedelta(seconds=1))
+    assert retried == Reservation(False, 0, Decision.SLEEP)
+    figures = await day(session_factory, NOW.date())
+    assert (figures["reserved"], figures["rows"]) == (0, 0)  # nothing booked
+
+
+async def test_a_retried_expired_reservation_that_fits_is_booked_again(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    await add_user(session_factory, override=30 * BUDGET)
+    await start(rt, "s-1")
+    assert (await book(rt, "s-1", "call-1", 500_000, NOW)).granted
+    # Yesterday's expired reservation, retried today: booked anew on today, released
+    # from yesterday.
+    tomorrow = NOW + timedelta(days=1)
+    assert await book(rt, "s-1", "call-1", 200_000, tomorrow) == Reservation(
+        True, 200_000, Decision.CONTINUE
+    )
+    assert await day(session_factory, NOW.date()) == {
+        "spent": 0,
+        "budget": BUDGET,
+        "reserved": 0,
+        "rows": 0,
+    }
+    today = await day(session_factory, tomorrow.date())
+    assert (today["reserved"], today["rows"]) == (200_000, 200_000)
+    # Its charge settles the new booking.
+    await pay(rt, "s-1", "call-1", 150_000, tomorrow + timedelta(seconds=5))
+    today = await day(session_factory, tomorrow.date())
+    assert (today["spent"], today["reserved"], today["rows"]) == (150_000, 0, 0)
+
+
+async def test_agents_that_retry_expired_reservations_never_pass_110_percent(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    """32 agents book a call each; every booking expires while another session spends
+    the day's budget; then all 32 retry their booking at once and make the call when it
+    is granted. Only what fits may be granted: the day ends within 110 %."""
+    await add_user(session_factory, override=30 * BUDGET)
+    agents = [f"s-{i}" for i in range(32)]
+    await start(rt, "spender", *agents)
+    first = await asyncio.gather(*(book(rt, sid, f"{sid}-call", WORST, NOW) for sid in agents))
+    assert all(r.granted for r in first)
+    expired = NOW + timedelta(seconds=TTL)
+    await pay(rt, "spender", "spend", BUDGET, expired)
+
+    async def retry_then_call(sid: str) -> bool:
+        again = await book(rt, sid, f"{sid}-call", WORST, expired)
+        if again.granted:
+            await pay(rt, sid, f"{sid}-call", WORST, expired + timedelta(seconds=1))
+        return again.granted
+
+    granted = await asyncio.gather(*(retry_then_call(sid) for sid in agents))
+    figures = await day(session_factory, NOW.date())
+    assert figures["spent"] <= CAP
+    assert sum(granted) == (CAP - BUDGET) // WORST  # exactly what fits: 3 calls
+    assert (figures["reserved"], figures["rows"]) == (0, 0)
+
+
+# ---------------------------------- finding 3: reservations across midnight
+
+
+MIDNIGHT = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
+LAST_DAY = date(2026, 11, 30)
+FIRST_DAY = date(2026, 12, 1)
+
+
+@pytest.mark.parametrize("renewal", [None, MIDNIGHT], ids=["no-renewal", "new-period"])
+async def test_reservations_booked_before_midnight_and_charged_after_stay_on_their_day(
+    rt: Runtime, session_factory: Factory, renewal: datetime | None
+) -> None:
+    """A real race across an injected midnight: 32 agents each book a call in the last
+    minute of the day (or of the billing period), then, after midnight, book a second
+    call on the new day and charge both. Every call is booked before it is made and
+    costs what it booked, so no day may pass 110 % of its budget; on 019a53b the first
+    calls landed on the new day as well, doubling its spend."""
+    await add_user(session_factory, override=30 * BUDGET, renewal=renewal)
+    agents = [f"s-{i}" for i in range(32)]
+    await start(rt, *agents)
+
+    async def agent(i: int, sid: str) -> None:
+        late = MIDNIGHT - timedelta(seconds=60) + timedelta(seconds=i)
+        assert (await book(rt, sid, f"{sid}-late", WORST, late)).granted
+        after = MIDNIGHT + timedelta(seconds=30 + i)
+        second = await book(rt, sid, f"{sid}-next", WORST, after)
+        first = await pay(rt, sid, f"{sid}-late", WORST, after)
+        if second.granted:
+            await pay(rt, sid, f"{sid}-next", WORST, after + timedelta(seconds=1))
+        assert first.decision is not Decision.STOP
+
+    await asyncio.gather(*(agent(i, sid) for i, sid in enumerate(agents)))
+    old, new = await day(session_factory, LAST_DAY), await day(session_factory, FIRST_DAY)
+    assert old["spent"] == 32 * WORST  # every late call on the day it was booked on
+    for figures in (old, new):
+        assert figures["spent"] * 100 <= figures["budget"] * 110
+        assert (figures["reserved"], figures["rows"]) == (0, 0)
+    async with session_factory() as s:
+        days = dict(
+            (
+                await s.execute(
+                    select(AgentCostEvent.budget_day, func.count()).group_by(
+                        AgentCostEvent.budget_day
+                    )
+                )
+            ).all()
+        )
+    assert days[LAST_DAY] == 32
+
+
+async def test_a_late_reservation_settles_on_its_day_with_its_days_decision(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    """The decision of a charge that settles yesterday's reservation is yesterday's:
+    a day at 95 % answers ``wind_down`` even though the new day is empty."""
+    await add_user(session_factory, override=30 * BUDGET)
+    await start(rt, "s-1")
+    before = MIDNIGHT - timedelta(seconds=30)
+    await pay(rt, "s-1", "earlier", 900_000, before)
+    assert (await book(rt, "s-1", "late", 50_000, before)).granted
+    result = await pay(rt, "s-1", "late", 50_000, MIDNIGHT + timedelta(seconds=5))
+    assert (result.spent_microdollars, result.budget_microdollars) == (950_000, BUDGET)
+    assert result.decision is Decision.WIND_DOWN
+    assert (await day(session_factory, FIRST_DAY))["spent"] == 0
+
+
+# ------------------------------------------- finding 5: request ids per user
+
+
+async def test_the_same_request_id_from_two_users_is_two_calls(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    await add_user(session_factory, "u-a", override=30 * BUDGET)
+    await add_user(session_factory, "u-b", override=60 * BUDGET)
+    await start(rt, "a-1", "a-2", user="u-a")
+    await start(rt, "b-1", user="u-b")
+    a = await pay(rt, "a-1", "msg_01", 1_000, NOW)
+    b = await pay(rt, "b-1", "msg_01", 2_000, NOW)
+    assert not b.duplicate
+    assert (b.cost_microdollars, b.spent_microdollars, b.budget_microdollars) == (
+        2_000,
+        2_000,
+        2 * BUDGET,
+    )
+    # A retry by the same user, from another of its sessions, is the same call.
+    again = await pay(rt, "a-2", "msg_01", 1_000, NOW)
+    assert again.duplicate
+    assert (again.cost_microdollars, again.spent_microdollars) == (a.cost_microdollars, 1_000)
+    assert (await day(session_factory, NOW.date(), "u-a"))["spent"] == 1_000
+    assert (await day(session_factory, NOW.date(), "u-b"))["spent"] == 2_000
+    async with session_factory() as s:
+        ledger = (
+            await s.execute(
+                select(AgentCostEvent.clerk_user_id, AgentCostEvent.cost_microdollars).order_by(
+                    AgentCostEvent.clerk_user_id
+                )
+            )
+        ).all()
+    assert [tuple(r) for r in ledger] == [("u-a", 1_000), ("u-b", 2_000)]
+
+
+async def test_the_same_request_id_reserved_by_two_users_is_two_reservations(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    await add_user(session_factory, "u-a", override=30 * BUDGET)
+    await add_user(session_factory, "u-b", override=30 * BUDGET)
+    await start(rt, "a-1", user="u-a")
+    await start(rt, "b-1", user="u-b")
+    assert (await book(rt, "a-1", "r-1", 500, NOW)).reserved_microdollars == 500
+    assert (await book(rt, "b-1", "r-1", 700, NOW)).reserved_microdollars == 700
+    await pay(rt, "b-1", "r-1", 600, NOW)  # settles b's reservation, not a's
+    a = await day(session_factory, NOW.date(), "u-a")
+    b = await day(session_factory, NOW.date(), "u-b")
+    assert (a["reserved"], a["rows"], a["spent"]) == (500, 500, 0)
+    assert (b["reserved"], b["rows"], b["spent"]) == (0, 0, 600)
