@@ -412,6 +412,7 @@ async def complete_session(
     async with rt.session_factory.begin() as s:
         if checkpoint is not None:
             await rt.checkpoints(s).save(replace(checkpoint, agent_state=S.COMPLETED.value))
+        await BudgetRepository(s, rt.settings).release_reservations([session_id])
         session = await SessionRepository(s).transition(
             session_id, S.COMPLETED, expected=[S.WORKING, S.SLEEPING, S.BUDGET_EXCEEDED]
         )
@@ -964,7 +965,8 @@ async def purge_finished(
 ) -> PurgeReport:
     """Retention: delete the checkpoints and Redis keys of sessions completed more than
     ``older_than_days`` (default ``RETENTION_DAYS``) days ago, on the database's clock.
-    The session rows and the ledger stay. Batches of ``batch`` (``RETENTION_BATCH``)
+    The session rows and the ledger stay; any open reservation of a purged session is
+    released in its batch's transaction. Batches of ``batch`` (``RETENTION_BATCH``)
     sessions, one transaction each, until none is left or ``most`` sessions are done.
     ``dry_run`` reports what would go and deletes nothing (Redis keys: those that exist).
     """
@@ -990,6 +992,7 @@ async def purge_finished(
             purged = await RetentionRepository(s).purge_checkpoints(
                 older_than_days=days, limit=limit
             )
+            await BudgetRepository(s, rt.settings).release_reservations(purged.session_ids)
         if purged.session_ids:
             ids += purged.session_ids
             checkpoints += purged.checkpoints
@@ -1032,13 +1035,15 @@ async def delete_session(rt: Runtime, session_id: str) -> Removed:
     """Remove a session entirely (a GDPR erasure), whatever its status: its row, its
     checkpoints, its ledger rows and its Redis key. ``SessionNotFound`` if there is none.
 
-    The user's ``budget_days`` totals stay: they hold no session id, and the money
-    was spent, so erasing a session never hands its user budget back. A runner still
+    The user's ``budget_days`` spend stays: it holds no session id, and the money was
+    spent, so erasing a session never hands its user budget back. Its open
+    reservations are released in the same transaction (DESIGN.md §6c). A runner still
     charging the session gets ``SessionNotFound``. With Redis down the key is left to
     expire (its TTL is 25 h); a deleted session has no row to reconcile from.
     """
     require_text(session_id, "session_id")
     async with rt.session_factory.begin() as s:
+        await BudgetRepository(s, rt.settings).release_reservations([session_id])
         deleted = await RetentionRepository(s).delete_session(session_id)
     try:
         keys = int(await rt.store.delete(session_id))

@@ -11,8 +11,16 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db.models import AgentCostEvent, BudgetDay, BudgetReservation
-from app.domain import Decision
-from app.lifecycle import Runtime, charge, reserve, start_session
+from app.domain import Decision, InvalidTransition, SessionNotFound, TransactionConflict
+from app.lifecycle import (
+    Runtime,
+    charge,
+    complete_session,
+    delete_session,
+    purge_finished,
+    reserve,
+    start_session,
+)
 from app.repositories import ChargeResult, Reservation
 from app.session_store import RedisSessionStore
 from app.settings import ModelPrice, Settings
@@ -281,3 +289,71 @@ async def test_the_same_request_id_reserved_by_two_users_is_two_reservations(
     b = await day(session_factory, NOW.date(), "u-b")
     assert (a["reserved"], a["rows"], a["spent"]) == (500, 500, 0)
     assert (b["reserved"], b["rows"], b["spent"]) == (0, 0, 600)
+
+
+# ------------------- finding 4: erasure, purge and completion release reservations
+
+
+async def _reserved_after(rt: Runtime, session_factory: Factory, end: str) -> dict[str, int]:
+    await add_user(session_factory, override=30 * BUDGET)
+    await start(rt, "s-1", "s-2")
+    assert (await book(rt, "s-1", "whole-day", CAP, NOW)).granted
+    if end == "delete":
+        await delete_session(rt, "s-1")
+    elif end == "cancel":
+        # An operator's ``sessions cancel`` is complete_session without a token.
+        await complete_session(rt, "s-1")
+    else:
+        await complete_session(rt, "s-1")
+        # A reservation made after completion (reserve takes no token) is purged too.
+        assert (await book(rt, "s-1", "after-the-end", CAP, NOW)).granted
+        report = await purge_finished(rt, older_than_days=0)
+        assert report.session_ids == ["s-1"]
+    return await day(session_factory, NOW.date())
+
+
+@pytest.mark.parametrize("end", ["delete", "cancel", "purge"])
+async def test_ending_a_session_releases_its_reservations_at_once(
+    rt: Runtime, session_factory: Factory, end: str
+) -> None:
+    """The day's reserved total drops in the same transaction, before any TTL: the
+    user's other session can book the whole day right away."""
+    figures = await _reserved_after(rt, session_factory, end)
+    assert (figures["reserved"], figures["rows"]) == (0, 0)
+    after = await book(rt, "s-2", "next", CAP, NOW + timedelta(seconds=1))
+    assert (after.granted, after.reserved_microdollars) == (True, CAP)
+
+
+async def test_sessions_ended_while_others_reserve_leave_the_books_exact(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    """A real race: 8 sessions keep booking calls while 4 of them are deleted and 4
+    completed under them. Afterwards the day's reserved total is exactly the sum of the
+    reservations still open: nothing an ended session held is left counted."""
+    await add_user(session_factory, override=30 * BUDGET)
+    sessions = [f"s-{i}" for i in range(8)]
+    await start(rt, *sessions)
+
+    async def keep_booking(sid: str) -> None:
+        for n in range(40):
+            try:
+                await book(rt, sid, f"{sid}-{n}", 1_000, NOW)
+            except (SessionNotFound, InvalidTransition, TransactionConflict):
+                return
+            await asyncio.sleep(0)
+
+    async def end(i: int, sid: str) -> None:
+        await asyncio.sleep(0.01 * i)
+        if i % 2:
+            await delete_session(rt, sid)
+        else:
+            await complete_session(rt, sid)
+
+    await asyncio.gather(
+        *(keep_booking(sid) for sid in sessions), *(end(i, sid) for i, sid in enumerate(sessions))
+    )
+    figures = await day(session_factory, NOW.date())
+    assert figures["reserved"] == figures["rows"]
+    async with session_factory() as s:
+        left = await s.scalar(select(func.count()).select_from(BudgetReservation))
+    assert left == figures["rows"] // 1_000
