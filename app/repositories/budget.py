@@ -722,7 +722,11 @@ class BudgetRepository:
             )
             .on_conflict_do_update(
                 index_elements=[tables.budget_days.c.clerk_user_id, tables.budget_days.c.day],
-                set_={"spent_microdollars": tables.budget_days.c.spent_microdollars + cost},
+                set_={
+                    "spent_microdollars": saturating_add(
+                        tables.budget_days.c.spent_microdollars, cost
+                    )
+                },
             )
             .returning(
                 tables.budget_days.c.spent_microdollars, tables.budget_days.c.budget_microdollars
@@ -735,8 +739,9 @@ class BudgetRepository:
         stop = tables.agent_sessions.c.status == SessionStatus.WORKING.value
         stopping = policy.decide(spent, budget) is Decision.STOP
         values: dict[str, object] = {
-            "cumulative_cost_microdollars": tables.agent_sessions.c.cumulative_cost_microdollars
-            + cost
+            "cumulative_cost_microdollars": saturating_add(
+                tables.agent_sessions.c.cumulative_cost_microdollars, cost
+            )
         }
         if stopping:
             values["status"] = case(

@@ -10,16 +10,32 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.db.models import AgentCostEvent, BudgetDay, BudgetReservation
-from app.domain import Decision, InvalidTransition, SessionNotFound, TransactionConflict
+from app.budget.pricing import MAX_PRICE_PER_MTOK, MAX_TOKENS_PER_CALL
+from app.db.models import (
+    AgentCostEvent,
+    AgentSession,
+    BudgetCredit,
+    BudgetDay,
+    BudgetReservation,
+    UserSettings,
+)
+from app.domain import (
+    Decision,
+    InvalidInput,
+    InvalidTransition,
+    SessionNotFound,
+    TransactionConflict,
+)
 from app.lifecycle import (
     Runtime,
     charge,
     complete_session,
     delete_session,
+    enforce_budgets,
     purge_finished,
     reserve,
     start_session,
+    top_up,
 )
 from app.repositories import ChargeResult, Reservation
 from app.session_store import RedisSessionStore
@@ -357,3 +373,101 @@ async def test_sessions_ended_while_others_reserve_leave_the_books_exact(
     async with session_factory() as s:
         left = await s.scalar(select(func.count()).select_from(BudgetReservation))
     assert left == figures["rows"] // 1_000
+
+
+# --------------------------------------------------------- finding 6: overflow
+
+HUGE = "largest-prices"
+MAX = 2**63 - 1
+
+
+async def test_charges_after_the_largest_top_up_are_all_recorded_at_their_exact_cost(
+    session_factory: Factory, store: RedisSessionStore
+) -> None:
+    """The largest prices and token counts, after a 2**63-1 top-up: on 019a53b about the
+    1,073rd call failed with SQLSTATE 22003 and was not recorded. Every call is recorded
+    at its exact cost; the day's spend and the session's total hold at 2**63-1."""
+    settings = Settings(
+        _env_file=None,
+        model_prices={
+            HUGE: ModelPrice(
+                input_per_mtok=MAX_PRICE_PER_MTOK,
+                output_per_mtok=MAX_PRICE_PER_MTOK,
+                cache_write_5m_per_mtok=MAX_PRICE_PER_MTOK,
+                cache_write_1h_per_mtok=MAX_PRICE_PER_MTOK,
+                cache_read_per_mtok=MAX_PRICE_PER_MTOK,
+            )
+        },
+    )
+    rt = Runtime(session_factory, store, settings, ManualClock(NOW))
+    await add_user(session_factory)
+    await start(rt, "s-1")
+    await top_up(rt, clerk_user_id="u-1", amount_microdollars=MAX, now=NOW)
+    calls = 1_100
+    for n in range(calls):
+        result = await charge(
+            rt,
+            session_id="s-1",
+            request_id=f"r-{n}",
+            model=HUGE,
+            input_tokens=MAX_TOKENS_PER_CALL,
+            output_tokens=MAX_TOKENS_PER_CALL,
+            cache_creation_input_tokens=MAX_TOKENS_PER_CALL,
+            cache_creation_1h_input_tokens=MAX_TOKENS_PER_CALL,
+            cache_read_input_tokens=MAX_TOKENS_PER_CALL,
+            now=NOW,
+        )
+    per_class = MAX_TOKENS_PER_CALL * MAX_PRICE_PER_MTOK // 1_000_000
+    one_call = 4 * per_class  # in, out, cache writes (all 1 h), cache reads
+    assert result.cost_microdollars == one_call
+    assert (result.spent_microdollars, result.budget_microdollars) == (MAX, MAX)
+    async with session_factory() as s:
+        recorded, total = (
+            await s.execute(select(func.count(), func.sum(AgentCostEvent.cost_microdollars)))
+        ).one()
+        cumulative = await s.scalar(
+            select(AgentSession.cumulative_cost_microdollars).where(AgentSession.id == "s-1")
+        )
+    assert (recorded, int(total)) == (calls, calls * one_call)  # exact, past 2**63
+    assert cumulative == MAX
+    # The first charge of the next day (which makes the day's row) works too.
+    next_day = await charge(
+        rt,
+        session_id="s-1",
+        request_id="tomorrow",
+        model=HUGE,
+        input_tokens=MAX_TOKENS_PER_CALL,
+        output_tokens=0,
+        now=NOW + timedelta(days=1),
+    )
+    assert next_day.cost_microdollars == per_class
+    # A reservation and a daemon pass over these figures work too.
+    booked = await reserve(
+        rt,
+        session_id="s-1",
+        request_id="one-more",
+        model=HUGE,
+        max_input_tokens=MAX_TOKENS_PER_CALL,
+        max_output_tokens=MAX_TOKENS_PER_CALL,
+        max_cache_creation_input_tokens=MAX_TOKENS_PER_CALL,
+        now=NOW,
+    )
+    # 2**63-1 spent of 2**63-1 is 100 %: the worst case still fits under 110 %.
+    worst = 3 * per_class  # in, out, 1-hour cache writes
+    assert (booked.granted, booked.reserved_microdollars) == (True, worst)
+    assert (await day(session_factory, NOW.date()))["reserved"] == worst
+    await enforce_budgets(rt, limit=100)
+
+
+async def test_figures_that_cannot_be_stored_are_refused_where_they_enter(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        UserSettings(clerk_user_id="u-x", tier="partner", budget_override_microdollars=MAX + 1)
+    assert caught.value.field == "budget_override_microdollars"
+    await add_user(session_factory)
+    with pytest.raises(InvalidInput) as caught:
+        await top_up(rt, clerk_user_id="u-1", amount_microdollars=MAX + 1, now=NOW)
+    assert caught.value.field == "amount_microdollars"
+    async with session_factory() as s:
+        assert await s.scalar(select(func.count()).select_from(BudgetCredit)) == 0
