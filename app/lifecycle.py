@@ -552,6 +552,7 @@ async def top_up(
     clerk_user_id: str,
     amount_microdollars: int,
     now: datetime | None = None,
+    idempotency_key: str | None = None,
 ) -> int:
     """A user bought ``amount_microdollars``: it takes effect at once (DESIGN.md §6b).
 
@@ -561,15 +562,23 @@ async def top_up(
     new token and a resume owed, which a worker delivers). Returns
     how many sessions it made due or resumed. ``InvalidInput`` (nothing written) for
     an amount that is not a positive integer or a user without ``user_settings``.
+
+    With ``idempotency_key``, a repeat of the same ``(clerk_user_id, idempotency_key)``
+    credits nothing, moves no session, emits no event and returns 0; the same key with
+    another amount is ``InvalidInput`` (DESIGN.md §6c).
     """
     require_text(clerk_user_id, "clerk_user_id")
     require_int(amount_microdollars, "amount_microdollars", minimum=1)
     moment = rt.clock() if now is None else now
     today = policy.budget_day(moment)  # InvalidInput for a naive time
     async with rt.session_factory.begin() as s:
-        spent, budget = await BudgetRepository(s, rt.settings).top_up(
-            clerk_user_id, amount_microdollars, now=moment
+        credited = await BudgetRepository(s, rt.settings).top_up(
+            clerk_user_id, amount_microdollars, now=moment, idempotency_key=idempotency_key
         )
+        if credited is None:
+            log.info("top_up user=%s repeat of key=%r", clerk_user_id, idempotency_key)
+            return 0
+        spent, budget = credited
         repo = SessionRepository(s)
         woken = await repo.request_wake(clerk_user_id=clerk_user_id, now=moment)
         resumed = await repo.resume_within_budget(clerk_user_id=clerk_user_id, day=today)

@@ -900,18 +900,26 @@ class BudgetRepository:
         return {user: int(found[user]) for user in users}
 
     async def top_up(
-        self, clerk_user_id: str, amount_microdollars: int, *, now: datetime
-    ) -> tuple[int, int]:
-        """Book a top-up bought at ``now``; returns the day's ``(spent, budget)`` after it.
+        self,
+        clerk_user_id: str,
+        amount_microdollars: int,
+        *,
+        now: datetime,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, int] | None:
+        """Book a top-up bought at ``now``; returns the day's ``(spent, budget)`` after it,
+        or None for a repeat of the user's ``idempotency_key`` (nothing written).
 
         The day's row is made first if missing, computed without the top-up, and then
         raised by the whole amount, so the money is never counted twice; the credit also
         raises the period's allowance for the days after (DESIGN.md §6b). Needs the
-        user's ``user_settings`` row, else ``InvalidInput``.
+        user's ``user_settings`` row, else ``InvalidInput``; so is a known key with
+        another amount (DESIGN.md §6c).
         """
         require_text(clerk_user_id, "clerk_user_id")
         amount = require_int(amount_microdollars, "amount_microdollars", minimum=1)
         moment = require_aware(now, "now")
+        key = None if idempotency_key is None else require_text(idempotency_key, "idempotency_key")
         day = policy.budget_day(moment)
         with translate_errors():
             # Locking the subscriber serialises top-ups of one user with each other.
@@ -925,6 +933,22 @@ class BudgetRepository:
                     f"user {clerk_user_id!r} has no user_settings row: nothing to top up",
                     field="clerk_user_id",
                 )
+            if key is not None:
+                # Under the subscriber's lock: a concurrent repeat waits, then sees this.
+                earlier = await self.session.scalar(
+                    select(tables.budget_credits.c.amount_microdollars).where(
+                        tables.budget_credits.c.clerk_user_id == clerk_user_id,
+                        tables.budget_credits.c.idempotency_key == key,
+                    )
+                )
+                if earlier is not None:
+                    if int(earlier) != amount:
+                        raise InvalidInput(
+                            f"idempotency_key {key!r} of user {clerk_user_id!r} was used for"
+                            f" a top-up of {int(earlier)} µ$, not {amount}",
+                            field="idempotency_key",
+                        )
+                    return None
             await self.daily_budget(clerk_user_id, day)
             await self.session.execute(
                 insert(tables.budget_credits).values(
@@ -932,6 +956,7 @@ class BudgetRepository:
                     amount_microdollars=amount,
                     budget_day=day,
                     bought_at=moment,
+                    idempotency_key=key,
                 )
             )
             row = (

@@ -10,9 +10,13 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from app.bootstrap import UsageError
 from app.budget.pricing import MAX_PRICE_PER_MTOK, MAX_TOKENS_PER_CALL
+from app.cli import build_parser, cmd_top_up
 from app.db.models import (
+    AgentCheckpoint,
     AgentCostEvent,
+    AgentEvent,
     AgentSession,
     BudgetCredit,
     BudgetDay,
@@ -21,6 +25,7 @@ from app.db.models import (
 )
 from app.domain import (
     Decision,
+    EventType,
     InvalidInput,
     InvalidTransition,
     SessionNotFound,
@@ -34,6 +39,7 @@ from app.lifecycle import (
     enforce_budgets,
     purge_finished,
     reserve,
+    sleep_session,
     start_session,
     top_up,
 )
@@ -471,3 +477,93 @@ async def test_figures_that_cannot_be_stored_are_refused_where_they_enter(
     assert caught.value.field == "amount_microdollars"
     async with session_factory() as s:
         assert await s.scalar(select(func.count()).select_from(BudgetCredit)) == 0
+
+
+# ---------------------------------------------- top-ups are idempotent by key
+
+
+async def _credits(factory: Factory) -> list[tuple[str, int]]:
+    async with factory() as s:
+        rows = await s.execute(
+            select(BudgetCredit.clerk_user_id, BudgetCredit.amount_microdollars).order_by(
+                BudgetCredit.clerk_user_id
+            )
+        )
+        return [(user, int(amount)) for user, amount in rows]
+
+
+async def _topped_up_events(factory: Factory) -> int:
+    async with factory() as s:
+        return int(
+            await s.scalar(
+                select(func.count())
+                .select_from(AgentEvent)
+                .where(AgentEvent.type == EventType.TOPPED_UP.value)
+            )
+            or 0
+        )
+
+
+async def test_a_retried_top_up_credits_once_and_moves_nothing(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    await add_user(session_factory, override=30 * BUDGET)
+    await start(rt, "s-1")
+    await pay(rt, "s-1", "all-of-it", BUDGET, NOW)
+    asleep = await sleep_session(rt, AgentCheckpoint(session_id="s-1", job_id="j"), now=NOW)
+    assert asleep.status == "sleeping"
+    first = await top_up(
+        rt, clerk_user_id="u-1", amount_microdollars=BUDGET, now=NOW, idempotency_key="pay_1"
+    )
+    assert first == 1  # the sleeper was made due
+    again = await top_up(
+        rt, clerk_user_id="u-1", amount_microdollars=BUDGET, now=NOW, idempotency_key="pay_1"
+    )
+    assert again == 0
+    assert await _credits(session_factory) == [("u-1", BUDGET)]
+    assert (await day(session_factory, NOW.date()))["budget"] == 2 * BUDGET
+    assert await _topped_up_events(session_factory) == 1
+    # The same key with another amount is a mistake, not a retry.
+    with pytest.raises(InvalidInput) as caught:
+        await top_up(
+            rt, clerk_user_id="u-1", amount_microdollars=5, now=NOW, idempotency_key="pay_1"
+        )
+    assert caught.value.field == "idempotency_key"
+    assert await _credits(session_factory) == [("u-1", BUDGET)]
+
+
+async def test_concurrent_retries_of_one_top_up_credit_once_and_keys_belong_to_a_user(
+    rt: Runtime, session_factory: Factory
+) -> None:
+    await add_user(session_factory, "u-a")
+    await add_user(session_factory, "u-b")
+
+    async def buy(user: str) -> int:
+        return await top_up(
+            rt, clerk_user_id=user, amount_microdollars=700, now=NOW, idempotency_key="k"
+        )
+
+    await asyncio.gather(*(buy("u-a") for _ in range(8)), *(buy("u-b") for _ in range(8)))
+    assert await _credits(session_factory) == [("u-a", 700), ("u-b", 700)]
+    assert await _topped_up_events(session_factory) == 2
+
+
+async def test_the_cli_top_up_takes_an_idempotency_key(
+    session_factory: Factory,
+    database_url: str,
+    redis_url: str,
+    key_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await add_user(session_factory, "cli-user")
+    settings = Settings(
+        _env_file=None, database_url=database_url, redis_url=redis_url, redis_prefix=key_prefix
+    )
+    argv = ["top-up", "cli-user", "2.50", "--idempotency-key", "invoice-7"]
+    for _ in range(2):
+        assert await cmd_top_up(settings, build_parser().parse_args(argv)) == 0
+    assert await _credits(session_factory) == [("cli-user", 2_500_000)]
+    other = build_parser().parse_args(["top-up", "cli-user", "3", "--idempotency-key", "invoice-7"])
+    with pytest.raises(UsageError, match="idempotency_key"):
+        await cmd_top_up(settings, other)
+    capsys.readouterr()
