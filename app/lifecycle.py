@@ -410,9 +410,9 @@ async def complete_session(
 ) -> AgentSession:
     """Finish a session from any live status; the checkpoints stay, the Redis key goes."""
     async with rt.session_factory.begin() as s:
+        await BudgetRepository(s, rt.settings).release_reservations([session_id])
         if checkpoint is not None:
             await rt.checkpoints(s).save(replace(checkpoint, agent_state=S.COMPLETED.value))
-        await BudgetRepository(s, rt.settings).release_reservations([session_id])
         session = await SessionRepository(s).transition(
             session_id, S.COMPLETED, expected=[S.WORKING, S.SLEEPING, S.BUDGET_EXCEEDED]
         )

@@ -681,7 +681,14 @@ class BudgetRepository:
     async def release_reservations(self, session_ids: Sequence[str]) -> int:
         """Release every open reservation of ``session_ids`` (they are deleted, purged or
         completed, DESIGN.md §6c): each goes, and its amount leaves its day's reserved
-        total at once, in the caller's transaction. Returns the microdollars released."""
+        total at once, in the caller's transaction. Returns the microdollars released.
+
+        Call it before the transaction changes the session row: it takes reservation
+        rows, then day rows, then the session rows, the order a charge takes them in.
+        A reservation of the session booked while this runs is caught by the second
+        pass; when one is still booking on a day the first pass did not touch, the
+        lock cycle can end in a deadlock, and PostgreSQL aborts one side
+        (``TransactionConflict``: nothing changed, run it again)."""
         ids = sorted({require_text(sid, "session_id") for sid in session_ids})
         if not ids:
             return 0
