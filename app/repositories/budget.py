@@ -528,9 +528,12 @@ class BudgetRepository:
         on its own; ``batch`` halves every class (DESIGN.md §6b).
         ``cache_creation_input_tokens`` counts every cache write and
         ``cache_creation_1h_input_tokens`` the part of them with the 1-hour TTL.
-        Idempotent on ``request_id``: a repeat charges nothing and reports the original
-        cost with the day's current figures and ``duplicate=True``; the first charge
-        settles the call's reservation, if it has one. A ``stop`` moves a ``working``
+        Idempotent on the session's user and ``request_id`` (DESIGN.md §6c): a repeat,
+        from any of the user's sessions, charges nothing and reports the original cost
+        with its day's current figures and ``duplicate=True``; another user's call with
+        the same id is its own. The first charge settles the call's open reservation and
+        counts on the day it was booked on, even after midnight (an expired one's call
+        counts on its own day). A ``stop`` moves a ``working``
         session to ``budget_exceeded`` in the same transaction (BDGT-07). The common
         case is a single statement, price lookup included; the first charge of a
         user's day adds the reads that compute the day's budget.
@@ -626,8 +629,9 @@ class BudgetRepository:
         price and ``max_cache_creation_input_tokens`` at the 1-hour cache-write price.
         The charge with the same ``request_id`` settles it at the real cost; unsettled,
         it stops counting ``RESERVATION_TTL_SECONDS`` after ``now``. Reserving the same
-        ``request_id`` again returns the open reservation; reserving one that was
-        already charged is ``InvalidInput``.
+        ``request_id`` again (the same user, any session) returns the open reservation;
+        once it expired, the retry is a new reservation, granted only if it fits now
+        (DESIGN.md §6c). Reserving one that was already charged is ``InvalidInput``.
         """
         moment, day, call = self._call(session_id, request_id, model, now)
         params: dict[str, Any] = {
