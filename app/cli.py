@@ -347,7 +347,12 @@ async def cmd_top_up(settings: Settings, args: argparse.Namespace) -> int:
         await c.require_schema()
         rt = Runtime(c.session_factory, c.store, settings)
         try:
-            changed = await top_up(rt, clerk_user_id=args.user_id, amount_microdollars=amount)
+            changed = await top_up(
+                rt,
+                clerk_user_id=args.user_id,
+                amount_microdollars=amount,
+                idempotency_key=args.idempotency_key,
+            )
         except InvalidInput as exc:
             raise UsageError(str(exc)) from exc
     print(
@@ -606,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     topup = sub.add_parser("top-up", help="add money to a user's budget now (wakes sessions)")
     topup.add_argument("user_id", metavar="USER_ID", help="the user's clerk_user_id")
     topup.add_argument("amount_usd", metavar="AMOUNT_USD", help="dollars, e.g. 10 or 2.50")
+    topup.add_argument(
+        "--idempotency-key", default=None, help="a retry with the same key credits once"
+    )
 
     prices = sub.add_parser("prices", help="the effective-dated price list charges use")
     price_actions = prices.add_subparsers(dest="action", required=True)

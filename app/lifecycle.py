@@ -488,6 +488,9 @@ async def complete_session(
     require_text(session_id, "session_id")
     _own_checkpoint(session_id, checkpoint)
     async with rt.session_factory.begin() as s:
+        # Reservations first: their days, then the session row, the order a charge
+        # takes its locks in. A stale token rolls the release back with the rest.
+        await BudgetRepository(s, rt.settings).release_reservations([session_id])
         await _lock_for(s, session_id, resume_token)
         if checkpoint is not None:
             await rt.checkpoints(s).save(
@@ -633,6 +636,7 @@ async def top_up(
     clerk_user_id: str,
     amount_microdollars: int,
     now: datetime | None = None,
+    idempotency_key: str | None = None,
 ) -> int:
     """A user bought ``amount_microdollars``: it takes effect at once (DESIGN.md §6b).
 
@@ -642,15 +646,23 @@ async def top_up(
     new token and a resume owed, which a worker delivers). Returns
     how many sessions it made due or resumed. ``InvalidInput`` (nothing written) for
     an amount that is not a positive integer or a user without ``user_settings``.
+
+    With ``idempotency_key``, a repeat of the same ``(clerk_user_id, idempotency_key)``
+    credits nothing, moves no session, emits no event and returns 0; the same key with
+    another amount is ``InvalidInput`` (DESIGN.md §6c).
     """
     require_text(clerk_user_id, "clerk_user_id")
     require_int(amount_microdollars, "amount_microdollars", minimum=1)
     moment = rt.clock() if now is None else now
     today = policy.budget_day(moment)  # InvalidInput for a naive time
     async with rt.session_factory.begin() as s:
-        spent, budget = await BudgetRepository(s, rt.settings).top_up(
-            clerk_user_id, amount_microdollars, now=moment
+        credited = await BudgetRepository(s, rt.settings).top_up(
+            clerk_user_id, amount_microdollars, now=moment, idempotency_key=idempotency_key
         )
+        if credited is None:
+            log.info("top_up user=%s repeat of key=%r", clerk_user_id, idempotency_key)
+            return 0
+        spent, budget = credited
         repo = SessionRepository(s)
         woken = await repo.request_wake(clerk_user_id=clerk_user_id, now=moment)
         resumed = await repo.resume_within_budget(clerk_user_id=clerk_user_id, day=today)
@@ -1069,7 +1081,8 @@ async def purge_finished(
 ) -> PurgeReport:
     """Retention: delete the checkpoints and Redis keys of sessions completed more than
     ``older_than_days`` (default ``RETENTION_DAYS``) days ago, on the database's clock.
-    The session rows and the ledger stay. Batches of ``batch`` (``RETENTION_BATCH``)
+    The session rows and the ledger stay; any open reservation of a purged session is
+    released in its batch's transaction. Batches of ``batch`` (``RETENTION_BATCH``)
     sessions, one transaction each, until none is left or ``most`` sessions are done.
     ``dry_run`` reports what would go and deletes nothing (Redis keys: those that exist).
     """
@@ -1095,6 +1108,7 @@ async def purge_finished(
             purged = await RetentionRepository(s).purge_checkpoints(
                 older_than_days=days, limit=limit
             )
+            await BudgetRepository(s, rt.settings).release_reservations(purged.session_ids)
         if purged.session_ids:
             ids += purged.session_ids
             checkpoints += purged.checkpoints
@@ -1137,13 +1151,15 @@ async def delete_session(rt: Runtime, session_id: str) -> Removed:
     """Remove a session entirely (a GDPR erasure), whatever its status: its row, its
     checkpoints, its ledger rows and its Redis key. ``SessionNotFound`` if there is none.
 
-    The user's ``budget_days`` totals stay: they hold no session id, and the money
-    was spent, so erasing a session never hands its user budget back. A runner still
+    The user's ``budget_days`` spend stays: it holds no session id, and the money was
+    spent, so erasing a session never hands its user budget back. Its open
+    reservations are released in the same transaction (DESIGN.md §6c). A runner still
     charging the session gets ``SessionNotFound``. With Redis down the key is left to
     expire (its TTL is 25 h); a deleted session has no row to reconcile from.
     """
     require_text(session_id, "session_id")
     async with rt.session_factory.begin() as s:
+        await BudgetRepository(s, rt.settings).release_reservations([session_id])
         deleted = await RetentionRepository(s).delete_session(session_id)
     try:
         keys = int(await rt.store.delete(session_id))

@@ -55,11 +55,12 @@ WITH owner AS (
         cache_read_input_tokens, batch, cost_microdollars, budget_day)
     SELECT $2, owner.id, owner.clerk_user_id, $3, $5, $6, $7, $8, $9, $11, priced.cost, $12
     FROM owner, priced
-    ON CONFLICT (request_id) DO NOTHING
+    ON CONFLICT (clerk_user_id, request_id) DO NOTHING
     RETURNING clerk_user_id, cost_microdollars
 ), settled AS (
     DELETE FROM budget_reservations
-    WHERE request_id = $2 AND budget_day = $12 AND EXISTS (SELECT FROM event)
+    WHERE clerk_user_id = (SELECT clerk_user_id FROM owner) AND request_id = $2
+        AND budget_day = $12 AND EXISTS (SELECT FROM event)
     RETURNING amount_microdollars
 ), spend AS (
     UPDATE budget_days d

@@ -175,7 +175,7 @@ async def measure(
         fill_seconds=fill_seconds,
         total_mib=int(await conn.fetchval("SELECT pg_total_relation_size('agent_cost_events')"))
         / 2**20,
-        btree_levels=await _levels(conn, "uq_agent_cost_events_request_id"),
+        btree_levels=await _levels(conn, "uq_agent_cost_events_clerk_user_id_request_id"),
         reads_per_charge=reads,
     )
 

@@ -3,7 +3,7 @@ reservations for callers that want a hard cap (DESIGN.md §6, §6b)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -25,7 +25,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.budget import policy
@@ -38,7 +38,7 @@ from app.budget.pricing import (
 )
 from app.db import tables
 from app.domain import Decision, InvalidInput, SessionNotFound, SessionStatus, Tier, UnknownModel
-from app.repositories.budget_rules import saturating_add, stops, within_cap
+from app.repositories.budget_rules import exact, saturating_add, stops, within_cap
 from app.repositories.errors import translate_errors, translated
 from app.repositories.events import EventRepository, threshold_events
 from app.repositories.price_sql import (
@@ -96,23 +96,50 @@ def _build_charge_statement() -> Select[Any]:
 
     1. ``price``: the model's price per class in force at the charge's time, and the
        cost, every class priced and floored on its own (no round trip of its own);
-    2. ``event``: the ledger row with its tokens by class, once per request_id
-       (``ON CONFLICT DO NOTHING``), and only when a price is known;
-    3. ``settled``: the call's reservation on the same day, if any, deleted;
-    4. ``spend``: the day's spend, and the settled amount taken off what is reserved,
-       when the day's row exists (locking it first);
+    2. ``settled``: the call's open reservation (the user's, same request_id), if the
+       call was not charged before, deleted, whatever day it was booked on;
+    3. ``event``: the ledger row with its tokens by class, once per user and request_id
+       (``ON CONFLICT DO NOTHING``), only when a price is known, on the day the
+       reservation was booked on (DESIGN.md §6c), or on the charge's own day when there
+       was none or it had expired;
+    4. ``spend``: the charge day's spend, and the settled amount taken off what its own
+       day has reserved (one UPDATE of one or two rows, each locked);
     5. ``session_update``: the session's cumulative cost, and ``budget_exceeded``
-       above 110 % of the day's budget (BDGT-07).
+       above 110 % of the charge day's budget (BDGT-07).
+
+    Spend and cumulative cost saturate at ``MAX_MICRODOLLARS``; the ledger row keeps
+    the exact cost (docs/limits.md).
     """
     ev, day_c, ses = tables.agent_cost_events.c, tables.budget_days.c, tables.agent_sessions.c
     res = tables.budget_reservations.c
     # Parameter names must not match column names: UPDATE would read them as SET values.
-    day = bindparam("p_day", type_=Date)
+    own_day = bindparam("p_day", type_=Date)
+    at = bindparam("p_at", type_=DateTime(True))
     request_id = bindparam("p_request_id", type_=String)
     tokens = usage_binds()
     owner = _owner()
     cost = call_cost(tokens)
     priced = select(cost.label("cost")).cte("priced")
+    user = select(owner.c.clerk_user_id).scalar_subquery()
+    charged_before = exists(
+        select(ev.request_id).where(ev.clerk_user_id == user, ev.request_id == request_id)
+    )
+    # The call's open reservation, whatever day it was booked on: deleted (its row
+    # locked, so two charges of one call settle it once) unless the call was charged.
+    settled = (
+        delete(tables.budget_reservations)
+        .where(
+            res.clerk_user_id == user,
+            res.request_id == request_id,
+            ~charged_before,
+            exists(select(priced.c.cost).where(priced.c.cost.is_not(None))),
+        )
+        .returning(res.budget_day, res.amount_microdollars, res.expires_at)
+        .cte("settled")
+    )
+    # The charge counts on the day its reservation was booked on, unless that expired.
+    booked_day = select(settled.c.budget_day).where(settled.c.expires_at > at).scalar_subquery()
+    day = func.coalesce(booked_day, own_day)
     event = (
         insert(tables.agent_cost_events)
         .from_select(
@@ -139,63 +166,65 @@ def _build_charge_statement() -> Select[Any]:
             .select_from(owner.join(priced, true()))
             .where(priced.c.cost.is_not(None)),
         )
-        .on_conflict_do_nothing(index_elements=[ev.request_id])
-        .returning(ev.clerk_user_id, ev.cost_microdollars)
+        .on_conflict_do_nothing(index_elements=[ev.clerk_user_id, ev.request_id])
+        .returning(ev.cost_microdollars, ev.budget_day)
         .cte("event")
     )
-    settled = (
-        delete(tables.budget_reservations)
-        .where(
-            res.request_id == request_id,
-            res.budget_day == day,
-            exists(select(event.c.clerk_user_id)),
-        )
-        .returning(res.amount_microdollars)
-        .cte("settled")
-    )
+    added = select(event.c.cost_microdollars).scalar_subquery()
+    charge_day = select(event.c.budget_day).scalar_subquery()
     released = select(func.coalesce(func.sum(settled.c.amount_microdollars), 0)).scalar_subquery()
+    released_on = select(settled.c.budget_day).scalar_subquery()
+    # One UPDATE for both rows a charge may touch: the charge's day gets the cost, and
+    # the reservation's day (the same row, unless the reservation expired) lets it go.
     spend = (
         update(tables.budget_days)
-        .where(day_c.clerk_user_id == event.c.clerk_user_id, day_c.day == day)
-        .values(
-            spent_microdollars=day_c.spent_microdollars + event.c.cost_microdollars,
-            reserved_microdollars=func.greatest(day_c.reserved_microdollars - released, 0),
+        .where(
+            day_c.clerk_user_id == user,
+            or_(day_c.day == charge_day, day_c.day == released_on),
         )
-        .returning(day_c.spent_microdollars, day_c.budget_microdollars)
+        .values(
+            spent_microdollars=case(
+                (day_c.day == charge_day, saturating_add(day_c.spent_microdollars, added)),
+                else_=day_c.spent_microdollars,
+            ),
+            reserved_microdollars=case(
+                (
+                    day_c.day == released_on,
+                    func.greatest(day_c.reserved_microdollars - released, 0),
+                ),
+                else_=day_c.reserved_microdollars,
+            ),
+        )
+        .returning(day_c.day, day_c.spent_microdollars, day_c.budget_microdollars)
         .cte("spend")
     )
-    spent = select(spend.c.spent_microdollars).scalar_subquery()
-    budget = select(spend.c.budget_microdollars).scalar_subquery()
+    on_day = spend.c.day == charge_day
+    spent = select(spend.c.spent_microdollars).where(on_day).scalar_subquery()
+    budget = select(spend.c.budget_microdollars).where(on_day).scalar_subquery()
     stop = and_(ses.status == SessionStatus.WORKING.value, stops(spent, budget))
     session_update = (
         update(tables.agent_sessions)
-        .where(ses.id == owner.c.id, exists(select(spend.c.spent_microdollars)))
+        .where(ses.id == owner.c.id, exists(select(spend.c.day).where(on_day)))
         .values(
-            cumulative_cost_microdollars=ses.cumulative_cost_microdollars
-            + select(event.c.cost_microdollars).scalar_subquery(),
+            cumulative_cost_microdollars=saturating_add(ses.cumulative_cost_microdollars, added),
             status=case((stop, SessionStatus.BUDGET_EXCEEDED.value), else_=ses.status),
             version=ses.version + case((stop, 1), else_=0),
         )
         .returning(ses.id)
         .cte("session_update")
     )
-    # A reservation booked on another day (a call across midnight) is settled apart.
-    elsewhere = exists(
-        select(res.request_id).where(res.request_id == request_id, res.budget_day != day)
-    )
     return select(
         exists(select(owner.c.id)).label("found"),
         select(priced.c.cost).scalar_subquery().label("cost"),
-        exists(select(event.c.clerk_user_id)).label("inserted"),
-        select(owner.c.clerk_user_id).scalar_subquery().label("clerk_user_id"),
+        exists(select(event.c.budget_day)).label("inserted"),
+        user.label("clerk_user_id"),
         select(owner.c.tier).scalar_subquery().label("tier"),
+        charge_day.label("day"),
         spent.label("spent"),
         budget.label("budget"),
         # Referencing the CTE is what makes SQLAlchemy render it; PostgreSQL runs
         # every data-modifying CTE to completion whether or not it is read.
         exists(select(session_update.c.id)).label("session_updated"),
-        exists(select(settled.c.amount_microdollars)).label("settled"),
-        elsewhere.label("reserved_elsewhere"),
     )
 
 
@@ -242,17 +271,22 @@ def _build_reserve_statement() -> Select[Any]:
     )
     swept = (
         delete(tables.budget_reservations)
-        .where(res.request_id.in_(expired))
+        .where(res.clerk_user_id == locked_user, res.request_id.in_(expired))
         .returning(res.amount_microdollars)
         .cte("swept")
     )
     freed = select(func.coalesce(func.sum(swept.c.amount_microdollars), 0)).scalar_subquery()
-    open_before = select(locked.c.reserved_microdollars).scalar_subquery() - freed
+    open_before = exact(select(locked.c.reserved_microdollars).scalar_subquery()) - freed
     spent = select(locked.c.spent_microdollars).scalar_subquery()
     budget = select(locked.c.budget_microdollars).scalar_subquery()
     amount = select(priced.c.worst).scalar_subquery()
-    charged = exists(select(ev.request_id).where(ev.request_id == request_id))
-    fits = within_cap(spent + open_before + amount, budget)
+    charged = exists(
+        select(ev.request_id).where(ev.clerk_user_id == user, ev.request_id == request_id)
+    )
+    # The user's reservation under this request_id, on any day, open or expired: an
+    # open one is answered as it is; an expired one is released first (``reserve``).
+    mine = and_(res.clerk_user_id == user, res.request_id == request_id)
+    fits = within_cap(exact(spent) + open_before + exact(amount), budget)
     booked = (
         insert(tables.budget_reservations)
         .from_select(
@@ -273,9 +307,15 @@ def _build_reserve_statement() -> Select[Any]:
                 bindparam("p_model", type_=String),
                 amount,
                 bindparam("p_expires_at", type_=DateTime(True)),
-            ).where(exists(select(locked.c.clerk_user_id)), amount.is_not(None), ~charged, fits),
+            ).where(
+                exists(select(locked.c.clerk_user_id)),
+                amount.is_not(None),
+                ~charged,
+                ~exists(select(res.request_id).where(mine)),
+                fits,
+            ),
         )
-        .on_conflict_do_nothing(index_elements=[res.request_id])
+        .on_conflict_do_nothing(index_elements=[res.clerk_user_id, res.request_id])
         .returning(res.amount_microdollars)
         .cte("booked")
     )
@@ -290,11 +330,15 @@ def _build_reserve_statement() -> Select[Any]:
                 exists(select(booked.c.amount_microdollars)),
             ),
         )
-        .values(reserved_microdollars=func.greatest(day_c.reserved_microdollars - freed, 0) + added)
+        .values(
+            reserved_microdollars=saturating_add(
+                func.greatest(day_c.reserved_microdollars - freed, 0), added
+            )
+        )
         .returning(day_c.reserved_microdollars)
         .cte("kept")
     )
-    existing = select(res.amount_microdollars).where(res.request_id == request_id).scalar_subquery()
+    existing = select(res.amount_microdollars, res.expires_at).where(mine).subquery()
     return select(
         exists(select(owner.c.id)).label("found"),
         user.label("clerk_user_id"),
@@ -302,7 +346,10 @@ def _build_reserve_statement() -> Select[Any]:
         amount.label("worst"),
         exists(select(locked.c.clerk_user_id)).label("has_day"),
         charged.label("charged"),
-        existing.label("existing"),
+        select(existing.c.amount_microdollars).scalar_subquery().label("existing"),
+        exists(select(existing.c.amount_microdollars).where(existing.c.expires_at > now)).label(
+            "existing_open"
+        ),
         exists(select(booked.c.amount_microdollars)).label("booked"),
         spent.label("spent"),
         budget.label("budget"),
@@ -311,30 +358,54 @@ def _build_reserve_statement() -> Select[Any]:
     )
 
 
-def _build_settle_elsewhere() -> Any:
-    """Settles a reservation booked on another day than its charge (a call across
-    midnight): deletes it and takes it off that day's reserved amount."""
+def _build_release(*, expired_only: bool) -> Any:
+    """Releases reservations: deletes them (locking each row first, as a charge that
+    settles one does) and takes each off its own day's ``reserved_microdollars``.
+
+    With ``expired_only``: the user's one reservation under ``p_request_id`` if it
+    expired at ``p_at`` (a retried reservation is a new one, DESIGN.md §6c). Otherwise:
+    every open reservation of the sessions ``p_session_ids`` (the session is deleted,
+    purged or completed)."""
     day_c, res = tables.budget_days.c, tables.budget_reservations.c
+    if expired_only:
+        which = and_(
+            res.clerk_user_id == bindparam("p_user", type_=String),
+            res.request_id == bindparam("p_request_id", type_=String),
+            res.expires_at <= bindparam("p_at", type_=DateTime(True)),
+        )
+    else:
+        which = res.session_id == func.any(bindparam("p_session_ids", type_=ARRAY(String)))
     gone = (
         delete(tables.budget_reservations)
-        .where(res.request_id == bindparam("p_request_id", type_=String))
+        .where(which)
         .returning(res.clerk_user_id, res.budget_day, res.amount_microdollars)
         .cte("gone")
     )
+    per_day = (
+        select(
+            gone.c.clerk_user_id,
+            gone.c.budget_day,
+            func.sum(gone.c.amount_microdollars).label("amount"),
+        )
+        .group_by(gone.c.clerk_user_id, gone.c.budget_day)
+        .subquery("per_day")
+    )
     return (
         update(tables.budget_days)
-        .where(day_c.clerk_user_id == gone.c.clerk_user_id, day_c.day == gone.c.budget_day)
+        .where(day_c.clerk_user_id == per_day.c.clerk_user_id, day_c.day == per_day.c.budget_day)
         .values(
             reserved_microdollars=func.greatest(
-                day_c.reserved_microdollars - gone.c.amount_microdollars, 0
+                exact(day_c.reserved_microdollars) - per_day.c.amount, 0
             )
         )
+        .returning(per_day.c.amount)
     )
 
 
 _CHARGE: Final = _build_charge_statement()
 _RESERVE: Final = _build_reserve_statement()
-_SETTLE_ELSEWHERE: Final = _build_settle_elsewhere()
+_RELEASE_EXPIRED: Final = _build_release(expired_only=True)
+_RELEASE_SESSIONS: Final = _build_release(expired_only=False)
 
 
 @translated
@@ -421,9 +492,12 @@ class BudgetRepository:
         without a web search price refuses them with ``InvalidInput``, nothing written).
         ``cache_creation_input_tokens`` counts every cache write and
         ``cache_creation_1h_input_tokens`` the part of them with the 1-hour TTL.
-        Idempotent on ``request_id``: a repeat charges nothing and reports the original
-        cost with the day's current figures and ``duplicate=True``; the first charge
-        settles the call's reservation, if it has one. A ``stop`` moves a ``working``
+        Idempotent on the session's user and ``request_id`` (DESIGN.md §6c): a repeat,
+        from any of the user's sessions, charges nothing and reports the original cost
+        with its day's current figures and ``duplicate=True``; another user's call with
+        the same id is its own. The first charge settles the call's open reservation and
+        counts on the day it was booked on, even after midnight (an expired one's call
+        counts on its own day). A ``stop`` moves a ``working``
         session to ``budget_exceeded`` in the same transaction (BDGT-07). The common
         case is a single statement, price lookup included; the first charge of a
         user's day adds the reads that compute the day's budget.
@@ -462,7 +536,7 @@ class BudgetRepository:
         usage: TokenUsage,
         now: datetime | None,
     ) -> ChargeResult:
-        moment, day, call = self._call(session_id, request_id, model, now)
+        moment, _, call = self._call(session_id, request_id, model, now)
         with translate_errors(session_id=session_id):
             params: dict[str, Any] = {
                 **call,
@@ -477,10 +551,8 @@ class BudgetRepository:
             if row.cost is None:
                 raise await self._unpriced(model, usage, moment)
             if not row.inserted:
-                return await self._duplicate(request_id, session_id, day)
-            cost = int(row.cost)
-            if row.reserved_elsewhere:
-                await connection.execute(_SETTLE_ELSEWHERE, {"p_request_id": request_id})
+                return await self._duplicate(row.clerk_user_id, request_id)
+            cost, day = int(row.cost), row.day
             if row.spent is not None:
                 await self._thresholds(
                     row.clerk_user_id, session_id, day, row.spent, row.budget, moment
@@ -517,8 +589,9 @@ class BudgetRepository:
         price and ``max_cache_creation_input_tokens`` at the 1-hour cache-write price.
         The charge with the same ``request_id`` settles it at the real cost; unsettled,
         it stops counting ``RESERVATION_TTL_SECONDS`` after ``now``. Reserving the same
-        ``request_id`` again returns the open reservation; reserving one that was
-        already charged is ``InvalidInput``.
+        ``request_id`` again (the same user, any session) returns the open reservation;
+        once it expired, the retry is a new reservation, granted only if it fits now
+        (DESIGN.md §6c). Reserving one that was already charged is ``InvalidInput``.
         """
         moment, day, call = self._call(session_id, request_id, model, now)
         params: dict[str, Any] = {
@@ -544,6 +617,14 @@ class BudgetRepository:
                 # The first reservation of the user's day makes the day's row, then books.
                 await self.daily_budget(row.clerk_user_id, day, tier=Tier(row.tier))
                 row = (await connection.execute(_RESERVE, params)).one()
+            if row.existing is not None and not row.existing_open and not row.charged:
+                # Reserved before, but it expired: the retry is a new reservation, granted
+                # only if it fits now. The old one goes first, off its own day.
+                await connection.execute(
+                    _RELEASE_EXPIRED,
+                    {"p_user": row.clerk_user_id, "p_request_id": request_id, "p_at": moment},
+                )
+                row = (await connection.execute(_RESERVE, params)).one()
         if not row.found:
             raise SessionNotFound(session_id)
         if row.worst is None:
@@ -557,10 +638,41 @@ class BudgetRepository:
         spent, budget, reserved = int(row.spent), int(row.budget), int(row.reserved)
         if row.booked:
             return Reservation(True, int(row.worst), policy.decide(spent + reserved, budget))
-        if row.existing is not None:
+        if row.existing_open:
             # Reserved before under this request_id: still open, still counted.
             return Reservation(True, int(row.existing), policy.decide(spent + reserved, budget))
         return Reservation(False, 0, Decision.SLEEP)
+
+    async def release_reservations(self, session_ids: Sequence[str]) -> int:
+        """Release every open reservation of ``session_ids`` (they are deleted, purged or
+        completed, DESIGN.md §6c): each goes, and its amount leaves its day's reserved
+        total at once, in the caller's transaction. Returns the microdollars released.
+
+        Call it before the transaction changes the session row: it takes reservation
+        rows, then day rows, then the session rows, the order a charge takes them in.
+        A reservation of the session booked while this runs is caught by the second
+        pass; when one is still booking on a day the first pass did not touch, the
+        lock cycle can end in a deadlock, and PostgreSQL aborts one side
+        (``TransactionConflict``: nothing changed, run it again)."""
+        ids = sorted({require_text(sid, "session_id") for sid in session_ids})
+        if not ids:
+            return 0
+        with translate_errors():
+            connection = await core_connection(self.session)
+            params = {"p_session_ids": ids}
+            released = sum(int(n) for n in (await connection.scalars(_RELEASE_SESSIONS, params)))
+            # Then the sessions' rows, locked: a reservation booked in between (its
+            # foreign key check shares the row) is caught by the second pass, and none can
+            # be booked after it until the caller's transaction ends. Reservation and day
+            # rows before the session's, the order a charge takes them in.
+            await connection.execute(
+                select(tables.agent_sessions.c.id)
+                .where(tables.agent_sessions.c.id.in_(ids))
+                .order_by(tables.agent_sessions.c.id)
+                .with_for_update()
+            )
+            released += sum(int(n) for n in (await connection.scalars(_RELEASE_SESSIONS, params)))
+        return released
 
     async def _thresholds(
         self, user: str, session_id: str, day: date, spent: int, budget: int, at: datetime
@@ -582,7 +694,11 @@ class BudgetRepository:
             )
             .on_conflict_do_update(
                 index_elements=[tables.budget_days.c.clerk_user_id, tables.budget_days.c.day],
-                set_={"spent_microdollars": tables.budget_days.c.spent_microdollars + cost},
+                set_={
+                    "spent_microdollars": saturating_add(
+                        tables.budget_days.c.spent_microdollars, cost
+                    )
+                },
             )
             .returning(
                 tables.budget_days.c.spent_microdollars, tables.budget_days.c.budget_microdollars
@@ -595,8 +711,9 @@ class BudgetRepository:
         stop = tables.agent_sessions.c.status == SessionStatus.WORKING.value
         stopping = policy.decide(spent, budget) is Decision.STOP
         values: dict[str, object] = {
-            "cumulative_cost_microdollars": tables.agent_sessions.c.cumulative_cost_microdollars
-            + cost
+            "cumulative_cost_microdollars": saturating_add(
+                tables.agent_sessions.c.cumulative_cost_microdollars, cost
+            )
         }
         if stopping:
             values["status"] = case(
@@ -610,18 +727,17 @@ class BudgetRepository:
             execution_options={"synchronize_session": False},
         )
 
-    async def _duplicate(self, request_id: str, session_id: str, day: date) -> ChargeResult:
+    async def _duplicate(self, user: str, request_id: str) -> ChargeResult:
         # A new statement, so a concurrent first writer's committed row is visible.
+        ev = tables.agent_cost_events.c
         original = (
             await self.session.execute(
-                select(
-                    tables.agent_cost_events.c.cost_microdollars,
-                    tables.agent_cost_events.c.clerk_user_id,
-                    tables.agent_cost_events.c.budget_day,
-                ).where(tables.agent_cost_events.c.request_id == request_id)
+                select(ev.cost_microdollars, ev.budget_day).where(
+                    ev.clerk_user_id == user, ev.request_id == request_id
+                )
             )
         ).one()
-        spent, budget = await self._day_figures(original.clerk_user_id, original.budget_day)
+        spent, budget = await self._day_figures(user, original.budget_day)
         return ChargeResult(
             int(original.cost_microdollars), spent, budget, policy.decide(spent, budget), True
         )
@@ -756,18 +872,26 @@ class BudgetRepository:
         return {user: int(found[user]) for user in users}
 
     async def top_up(
-        self, clerk_user_id: str, amount_microdollars: int, *, now: datetime
-    ) -> tuple[int, int]:
-        """Book a top-up bought at ``now``; returns the day's ``(spent, budget)`` after it.
+        self,
+        clerk_user_id: str,
+        amount_microdollars: int,
+        *,
+        now: datetime,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, int] | None:
+        """Book a top-up bought at ``now``; returns the day's ``(spent, budget)`` after it,
+        or None for a repeat of the user's ``idempotency_key`` (nothing written).
 
         The day's row is made first if missing, computed without the top-up, and then
         raised by the whole amount, so the money is never counted twice; the credit also
         raises the period's allowance for the days after (DESIGN.md §6b). Needs the
-        user's ``user_settings`` row, else ``InvalidInput``.
+        user's ``user_settings`` row, else ``InvalidInput``; so is a known key with
+        another amount (DESIGN.md §6c).
         """
         require_text(clerk_user_id, "clerk_user_id")
         amount = require_int(amount_microdollars, "amount_microdollars", minimum=1)
         moment = require_aware(now, "now")
+        key = None if idempotency_key is None else require_text(idempotency_key, "idempotency_key")
         day = policy.budget_day(moment)
         with translate_errors():
             # Locking the subscriber serialises top-ups of one user with each other.
@@ -781,6 +905,22 @@ class BudgetRepository:
                     f"user {clerk_user_id!r} has no user_settings row: nothing to top up",
                     field="clerk_user_id",
                 )
+            if key is not None:
+                # Under the subscriber's lock: a concurrent repeat waits, then sees this.
+                earlier = await self.session.scalar(
+                    select(tables.budget_credits.c.amount_microdollars).where(
+                        tables.budget_credits.c.clerk_user_id == clerk_user_id,
+                        tables.budget_credits.c.idempotency_key == key,
+                    )
+                )
+                if earlier is not None:
+                    if int(earlier) != amount:
+                        raise InvalidInput(
+                            f"idempotency_key {key!r} of user {clerk_user_id!r} was used for"
+                            f" a top-up of {int(earlier)} µ$, not {amount}",
+                            field="idempotency_key",
+                        )
+                    return None
             await self.daily_budget(clerk_user_id, day)
             await self.session.execute(
                 insert(tables.budget_credits).values(
@@ -788,6 +928,7 @@ class BudgetRepository:
                     amount_microdollars=amount,
                     budget_day=day,
                     bought_at=moment,
+                    idempotency_key=key,
                 )
             )
             row = (

@@ -58,3 +58,8 @@ def within_cap(total: ColumnElement[Any], budget: ColumnElement[Any]) -> ColumnE
     """``total`` stays within 110 % of ``budget``: what a reservation may book up to (the
     complement of ``stops``, for a non-zero budget; a zero budget admits only zero)."""
     return _numeric(total) * 100 <= _numeric(budget) * STOP_ABOVE
+
+
+def exact(value: ColumnElement[Any] | int) -> ColumnElement[Any]:
+    """``value`` as ``numeric``, for sums of money that may pass BIGINT on the way."""
+    return _numeric(value)

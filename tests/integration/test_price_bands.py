@@ -622,7 +622,7 @@ async def test_migration_0010_up_and_down_keeps_the_ledger(
 ) -> None:
     engine = create_engine(await make_database())
     try:
-        await upgrade(engine, "0008")
+        await upgrade(engine, "0009")
         async with engine.begin() as conn:
             await conn.execute(
                 text(
@@ -682,7 +682,7 @@ async def test_migration_0010_up_and_down_keeps_the_ledger(
         assert search == 10_000_000
         assert tuple(operator) == ("operator", 0)  # no band attached to an operator's row
 
-        await downgrade(engine, "0008")
+        await downgrade(engine, "0009")
         async with engine.connect() as conn:
             tables = set(
                 await conn.scalars(

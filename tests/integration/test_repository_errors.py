@@ -120,6 +120,9 @@ CALLS: dict[str, Call] = {
     "PriceRepository.add": lambda s: PriceRepository(s).add(
         model="test-errors-model", rates=rates(1, 1), effective_from=NOW, source="test"
     ),
+    "BudgetRepository.release_reservations": lambda s: BudgetRepository(
+        s, SETTINGS
+    ).release_reservations(["s-1"]),
     "BudgetRepository.daily_budget": lambda s: BudgetRepository(s, SETTINGS).daily_budget(
         "u", DAY, tier="partner"
     ),

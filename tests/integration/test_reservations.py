@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.db.models import BudgetDay, BudgetReservation
+from app.db.models import AgentCostEvent, BudgetDay, BudgetReservation
 from app.domain import Decision, InvalidInput, SessionNotFound, UnknownModel
 from app.repositories import BudgetRepository, ChargeResult, Reservation
 from app.settings import ModelPrice, Settings
@@ -167,16 +167,35 @@ async def test_an_unsettled_reservation_stops_counting_after_its_ttl(
     assert await day(session_factory) == (300_000, 200_000, 200_000)
 
 
-async def test_a_call_across_midnight_settles_the_day_it_was_booked_on(
+async def test_a_call_across_midnight_counts_on_the_day_it_was_booked_on(
     session_factory: Factory, settings: Settings
 ) -> None:
+    """DESIGN.md §6c: the charge that settles a reservation counts on the reservation's
+    day (its spend, its ledger row), even after midnight; others count on their own."""
     late = datetime.combine(DAY, datetime.max.time(), tzinfo=UTC).replace(microsecond=0)
     await reserve(session_factory, settings, "r-1", 5_000, now=late)
     assert await day(session_factory) == (0, 5_000, 5_000)
     await charge(session_factory, settings, "r-2", 10, now=late + timedelta(seconds=1))
     await charge(session_factory, settings, "r-1", 4_000, now=late + timedelta(seconds=2))
+    assert await day(session_factory) == (4_000, 0, 0)
+    assert await day(session_factory, DAY + timedelta(days=1)) == (10, 0, 0)
+    async with session_factory() as s:
+        days = dict(
+            (await s.execute(select(AgentCostEvent.request_id, AgentCostEvent.budget_day))).all()
+        )
+    assert days == {"r-1": DAY, "r-2": DAY + timedelta(days=1)}
+
+
+async def test_the_charge_of_an_expired_reservation_counts_on_its_own_day(
+    session_factory: Factory, settings: Settings
+) -> None:
+    late = datetime.combine(DAY, datetime.max.time(), tzinfo=UTC).replace(microsecond=0)
+    await reserve(session_factory, settings, "r-1", 5_000, now=late)
+    after_ttl = late + timedelta(seconds=TTL)
+    await charge(session_factory, settings, "r-1", 4_000, now=after_ttl)
+    # The reservation is gone from its own day, and the late call counts on today.
     assert await day(session_factory) == (0, 0, 0)
-    assert await day(session_factory, DAY + timedelta(days=1)) == (4_010, 0, 0)
+    assert await day(session_factory, DAY + timedelta(days=1)) == (4_000, 0, 0)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -228,5 +229,104 @@ async def test_upgrade_replaces_nul_in_legacy_json_and_reports_it(
         async with create_session_factory(engine)() as s:
             latest = await CheckpointRepository(s).load("s-nul", 0)
         assert latest.message_history == LEGACY[0][1]
+    finally:
+        await engine.dispose()
+
+
+async def _ledger(engine: AsyncEngine) -> list[tuple[Any, ...]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT clerk_user_id, request_id, cost_microdollars, budget_day::text"
+                " FROM agent_cost_events ORDER BY id"
+            )
+        )
+        return [tuple(r) for r in rows]
+
+
+async def test_0009_scopes_request_ids_per_user_and_back(
+    make_database: Callable[[], Awaitable[str]],
+) -> None:
+    """0008 -> 0009: every ledger row and reservation keeps its meaning, and a request id
+    another user already used becomes usable; 0009 -> 0008 keeps every row (the later
+    user's shared id renamed), and a top-up key goes with its column."""
+    engine = create_engine(await make_database())
+    insert_event = text(
+        "INSERT INTO agent_cost_events (request_id, session_id, clerk_user_id, model,"
+        " input_tokens, output_tokens, cost_microdollars, budget_day)"
+        " VALUES (:r, :s, :u, 'm', 1, 1, :c, '2026-11-26')"
+    )
+    try:
+        await upgrade(engine, "0008")
+        async with engine.begin() as conn:
+            for sid, user in (("s-a", "u-a"), ("s-b", "u-b")):
+                await conn.execute(
+                    text(
+                        "INSERT INTO agent_sessions (id, job_id, clerk_user_id, tier, model_used,"
+                        " status) VALUES (:id, 'j', :u, 'partner', 'm', 'working')"
+                    ),
+                    {"id": sid, "u": user},
+                )
+            await conn.execute(insert_event, {"r": "msg_1", "s": "s-a", "u": "u-a", "c": 10})
+            await conn.execute(
+                text(
+                    "INSERT INTO budget_reservations (request_id, session_id, clerk_user_id,"
+                    " budget_day, model, amount_microdollars, expires_at)"
+                    " VALUES ('res_1', 's-a', 'u-a', '2026-11-26', 'm', 5, now())"
+                )
+            )
+        await upgrade(engine, "0009")
+        assert await _ledger(engine) == [("u-a", "msg_1", 10, "2026-11-26")]
+        async with engine.begin() as conn:
+            # The same id from another user is another call now; from the same user, not.
+            await conn.execute(insert_event, {"r": "msg_1", "s": "s-b", "u": "u-b", "c": 20})
+            with pytest.raises(Exception, match="uq_agent_cost_events_clerk_user_id_request_id"):
+                async with conn.begin_nested():
+                    await conn.execute(
+                        insert_event, {"r": "msg_1", "s": "s-a", "u": "u-a", "c": 10}
+                    )
+            await conn.execute(
+                text(
+                    "INSERT INTO budget_reservations (request_id, session_id, clerk_user_id,"
+                    " budget_day, model, amount_microdollars, expires_at)"
+                    " VALUES ('res_1', 's-b', 'u-b', '2026-11-26', 'm', 7, now())"
+                )
+            )
+            await conn.execute(
+                text("INSERT INTO user_settings (clerk_user_id, tier) VALUES ('u-a', 'partner');")
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO budget_credits (clerk_user_id, amount_microdollars, budget_day,"
+                    " bought_at, idempotency_key) VALUES ('u-a', 1, '2026-11-26', now(), 'k')"
+                )
+            )
+
+        await downgrade(engine, "0008")
+        # PostgreSQL's md5() of the user, as the downgrade names the shared id.
+        tag = "#" + hashlib.md5(b"u-b", usedforsecurity=False).hexdigest()
+        renamed = "msg_1" + tag
+        assert await _ledger(engine) == [
+            ("u-a", "msg_1", 10, "2026-11-26"),
+            ("u-b", renamed, 20, "2026-11-26"),
+        ]
+        async with engine.connect() as conn:
+            held = (
+                await conn.execute(
+                    text(
+                        "SELECT clerk_user_id, request_id, amount_microdollars"
+                        " FROM budget_reservations ORDER BY clerk_user_id"
+                    )
+                )
+            ).all()
+            credits = await conn.scalar(text("SELECT count(*) FROM budget_credits"))
+        assert [tuple(r) for r in held] == [
+            ("u-a", "res_1", 5),
+            ("u-b", "res_1" + tag, 7),
+        ]
+        assert credits == 1
+
+        await upgrade(engine)
+        assert len(await _ledger(engine)) == 2
     finally:
         await engine.dispose()

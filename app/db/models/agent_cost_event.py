@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, false, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    UniqueConstraint,
+    false,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, Microdollars, Str100, Str255
 
 
 class AgentCostEvent(Base):
-    """One LLM call. ``request_id`` is the provider's id, unique so a retried charge counts once.
+    """One LLM call. ``request_id`` is the provider's id (or the caller's), unique per
+    user so a retried charge counts once; the same id from another user is another call
+    (DESIGN.md §6c).
 
     The row keeps its token counts by class (DESIGN.md §6b), so its cost can be audited
     against the price that was in force: ``cache_creation_input_tokens`` counts every
@@ -30,12 +42,14 @@ class AgentCostEvent(Base):
         ),
         CheckConstraint("cache_read_input_tokens >= 0", name="cache_read_non_negative"),
         CheckConstraint("web_search_requests >= 0", name="web_search_requests_non_negative"),
+        # A request id belongs to a user (DESIGN.md §6c).
+        UniqueConstraint("clerk_user_id", "request_id"),
         Index(None, "clerk_user_id", "budget_day"),
         # A session's latest charge is a sign of its runner's life (DESIGN.md §8).
         Index(None, "session_id", "created_at"),
     )
 
-    request_id: Mapped[Str255] = mapped_column(unique=True)
+    request_id: Mapped[Str255]
     # No cascade: money that was spent stays on the books even if a session row goes.
     session_id: Mapped[Str255] = mapped_column(ForeignKey("agent_sessions.id"), index=True)
     clerk_user_id: Mapped[Str255]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, func
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, Microdollars, Str255
@@ -21,6 +29,8 @@ class BudgetCredit(Base):
     __table_args__ = (
         CheckConstraint("amount_microdollars > 0", name="amount_positive"),
         Index(None, "clerk_user_id", "budget_day"),
+        # A retried top-up credits once (DESIGN.md §6c); NULL keys never collide.
+        UniqueConstraint("clerk_user_id", "idempotency_key"),
     )
 
     # A credit belongs to a subscriber: it goes when the user_settings row goes.
@@ -30,6 +40,7 @@ class BudgetCredit(Base):
     amount_microdollars: Mapped[Microdollars]
     budget_day: Mapped[date]
     bought_at: Mapped[datetime]
+    idempotency_key: Mapped[Str255 | None] = mapped_column(default=None)
     id: Mapped[int] = mapped_column(
         BigInteger, Identity(), primary_key=True, init=False, repr=False, sort_order=-1
     )

@@ -12,7 +12,7 @@ from app.db.base import Base, Microdollars, Str100, Str255
 
 class BudgetReservation(Base):
     """One open reservation (DESIGN.md §6b): ``amount_microdollars`` held back on the
-    user's ``budget_day`` until the charge with the same ``request_id`` settles it, or
+    user's ``budget_day`` until the user's charge with the same ``request_id`` settles it, or
     until ``expires_at``. Its amount is also in the day's ``reserved_microdollars``."""
 
     __tablename__ = "budget_reservations"
@@ -21,12 +21,13 @@ class BudgetReservation(Base):
         Index(None, "clerk_user_id", "budget_day", "expires_at"),
     )
 
+    # A request id belongs to a user (DESIGN.md §6c): the pair is the key.
+    clerk_user_id: Mapped[Str255] = mapped_column(primary_key=True)
     request_id: Mapped[Str255] = mapped_column(primary_key=True)
     # A reservation is worth nothing without its session: it goes with it.
     session_id: Mapped[Str255] = mapped_column(
         ForeignKey("agent_sessions.id", ondelete="CASCADE"), index=True
     )
-    clerk_user_id: Mapped[Str255]
     budget_day: Mapped[date]
     model: Mapped[Str100]
     amount_microdollars: Mapped[Microdollars]

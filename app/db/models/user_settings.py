@@ -49,3 +49,12 @@ class UserSettings(Base):
         if value is not None and (value.tzinfo is None or value.utcoffset() is None):
             raise InvalidInput(f"{key} must be timezone-aware, got naive {value}", field=key)
         return value
+
+    @validates("budget_override_microdollars")
+    def _storable_override(self, key: str, value: int | None) -> int | None:
+        # BIGINT holds it or nothing does: refused here, not as a driver error on flush.
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63 - 1
+        ):
+            raise InvalidInput(f"{key} must be an int in [0, 2**63-1], got {value!r}", field=key)
+        return value
