@@ -27,6 +27,7 @@ from app.settings import Settings
 from app.workers import BudgetDaemon, WakeWorker
 from app.workers.backoff import wait_or_stop
 from tests.integration.helpers import Factory
+from tests.reliability.recycler import RECYCLED_IDS, check, recycle
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "10"))
 REAL_SECONDS_PER_DAY = 3.0
@@ -91,11 +92,19 @@ async def test_soak(
     background = [asyncio.create_task(w.run_forever(stop)) for w in workers]
     background += [asyncio.create_task(d.run_forever(stop)) for d in daemons]
     background.append(asyncio.create_task(until_covered()))
+    # Erasure and id reuse beside the fleet, on users of its own.
+    recycler = asyncio.create_task(
+        recycle(
+            rt, store, stop, random.Random(12), run_id=fleet.run_id, tick=settings.daemon_interval
+        )
+    )
     try:
         await asyncio.gather(*(agent(fleet, rt, sid, user, tier) for sid, user, tier in plan))
     finally:
         stop.set()
         await asyncio.gather(*background)
+    recycled = await recycler
+    await check(rt, recycled)
 
     ids = sorted(fleet.users)
     users = sorted(set(fleet.users.values()))
@@ -106,12 +115,18 @@ async def test_soak(
                 select(func.count(), func.coalesce(func.sum(AgentCostEvent.cost_microdollars), 0))
             )
         ).one()
-        days = await s.scalar(select(func.coalesce(func.sum(BudgetDay.spent_microdollars), 0)))
+        days = await s.scalar(
+            select(func.coalesce(func.sum(BudgetDay.spent_microdollars), 0)).where(
+                BudgetDay.clerk_user_id.in_(users)
+            )
+        )
         cumulative = await s.scalar(
             select(func.coalesce(func.sum(AgentSession.cumulative_cost_microdollars), 0))
         )
         biggest_call = await s.scalar(select(func.max(AgentCostEvent.cost_microdollars)))
-        day_rows = list(await s.scalars(select(BudgetDay)))
+        day_rows = list(
+            await s.scalars(select(BudgetDay).where(BudgetDay.clerk_user_id.in_(users)))
+        )
         bad_wake_at = await s.scalar(
             text(
                 "SELECT count(*) FROM agent_sessions"
@@ -120,6 +135,10 @@ async def test_soak(
         )
         statuses = Counter((await s.scalars(select(AgentSession.status))).all())
 
+    # Erasure and reuse: every incarnation served, its events kept, its money counted.
+    assert recycled.violations == []
+    assert recycled.incarnations >= len(RECYCLED_IDS)
+    assert recycled.stale_puts > 0
     # Each session woken at most once per sleep: every wake is a distinct transition.
     assert len(wakes) == len(set(wakes)), Counter(wakes).most_common(3)
     # No charge doubled: one ledger row per distinct call, retries answered as duplicates.
@@ -153,5 +172,6 @@ async def test_soak(
             f" {fleet.events['iteration']} iterations, {fleet.events['sleep']} sleeps,"
             f" {len(wakes)} worker wakes, {fleet.events.get('stop', 0)} stops,"
             f" {sum('by=daemon' in r.getMessage() for r in caplog.records)} daemon actions,"
-            f" {len(users)} users; invariant violations: 0"
+            f" {len(users)} users, {recycled.incarnations} recycled incarnations"
+            f" ({recycled.stale_puts} erasures that missed Redis); invariant violations: 0"
         )
