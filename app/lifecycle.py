@@ -1203,7 +1203,7 @@ async def record_top_up(
         s,
         NewEvent(
             EventType.TOPPED_UP,
-            f"{EventType.TOPPED_UP.value}:{clerk_user_id}:{top_up_id}",
+            dedup_key(EventType.TOPPED_UP, clerk_user_id, top_up_id),
             payload,
             clerk_user_id=clerk_user_id,
         ),
