@@ -13,13 +13,13 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
 
 from app.bootstrap import Connected, UsageError, connect
 from app.budget.pricing import rates
+from app.cli_args import OneLineParser, identifier, to_micro, whole_number
 from app.cli_errors import ENVIRONMENT, USAGE, explain
 from app.db.engine import create_engine, mask_password
 from app.db.migrate import upgrade
@@ -40,7 +40,7 @@ from app.lifecycle import (
     status,
     top_up,
 )
-from app.settings import Settings
+from app.settings import MAX_BATCH, MAX_RETENTION_DAYS, Settings, is_secret_setting
 from app.workers import BudgetDaemon, WakeWorker, metrics
 from app.workers.events import EventDeliverer
 from app.workers.wake import ResumeHook
@@ -302,7 +302,9 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
                 print(
                     json.dumps(describe(session)) if args.json else f"cancel {args.id}: completed"
                 )
-        except (SessionNotFound, InvalidTransition, InvalidInput) as exc:
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from exc
+        except (SessionNotFound, InvalidTransition) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     return 0
@@ -311,15 +313,15 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
 def parse_usd(text: str) -> int:
     """``"12.50"`` -> 12_500_000 microdollars: a positive amount, exact to the microdollar."""
     try:
-        usd = Decimal(text.strip().removeprefix("$"))
-    except InvalidOperation:
-        raise UsageError(f"AMOUNT_USD must be a number of dollars, got {text!r}") from None
-    micro = usd * 1_000_000
-    if not usd.is_finite() or micro != micro.to_integral_value():
-        raise UsageError(f"AMOUNT_USD must be exact to the microdollar, got {text!r}")
+        micro = to_micro(text.strip().removeprefix("$"), dollars=True)
+    except ValueError as exc:
+        raise UsageError(
+            f"AMOUNT_USD must be a positive number of dollars, exact to the microdollar,"
+            f" got {text!r} ({exc})"
+        ) from None
     if micro <= 0:
         raise UsageError(f"AMOUNT_USD must be positive, got {text!r}")
-    return int(micro)
+    return micro
 
 
 def format_usd(microdollars: int) -> str:
@@ -351,16 +353,16 @@ def parse_per_mtok(text: str) -> int:
     """A price per million tokens: integer microdollars (``3000000``), or dollars with a
     leading ``$`` (``$3`` or ``$3.75``), exact to the microdollar, 0 or more."""
     raw = text.strip()
+    dollars = raw.startswith("$")
     try:
-        value = Decimal(raw.removeprefix("$").replace("_", ""))
-    except InvalidOperation:
+        return to_micro(raw.removeprefix("$").replace("_", ""), dollars=dollars)
+    except ValueError as exc:
+        # "3.75" without "$" is the usual slip: a price in dollars given as microdollars.
+        hint = f"; for dollars write ${raw}" if not dollars and "." in raw else ""
         raise argparse.ArgumentTypeError(
-            f"not a price: {text!r} (microdollars per Mtok, or $ per Mtok like $3.75)"
+            f"not a price: {text!r} ({exc}); give microdollars per Mtok (3000000)"
+            f" or $ per Mtok ($3.75){hint}"
         ) from None
-    micro = value * 1_000_000 if raw.startswith("$") else value
-    if not micro.is_finite() or micro != micro.to_integral_value() or micro < 0:
-        raise argparse.ArgumentTypeError(f"a price must be 0 or more, exact to the µ$: {text!r}")
-    return int(micro)
 
 
 def parse_time(text: str) -> datetime:
@@ -371,6 +373,10 @@ def parse_time(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise argparse.ArgumentTypeError(f"give the time with its offset (Z or +hh:mm): {text!r}")
+    try:
+        moment.astimezone(UTC)  # the first and last days of the calendar overflow in UTC
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"out of the calendar's range: {text!r}") from None
     return moment
 
 
@@ -462,30 +468,32 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser = OneLineParser(prog="python -m app", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="upgrade DATABASE_URL to the newest revision")
 
     worker = sub.add_parser("worker", help="wake sleeping sessions when they are due")
     worker.add_argument("--on-resume", metavar="MODULE:FUNCTION", help="resume hook to call")
-    worker.add_argument("--batch-size", type=int, help="sessions per claim (BATCH_SIZE)")
-    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    worker.add_argument("--batch-size", type=BATCH, help="sessions per claim (BATCH_SIZE)")
+    worker.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics here")
 
     daemon = sub.add_parser("daemon", help="sleep silent over-budget sessions, stop runaways")
-    daemon.add_argument("--batch-size", type=int, help="sessions per pass (BATCH_SIZE)")
-    daemon.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    daemon.add_argument("--batch-size", type=BATCH, help="sessions per pass (BATCH_SIZE)")
+    daemon.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics here")
 
     events = sub.add_parser("events", help="deliver budget events to WEBHOOK_URL, signed")
-    events.add_argument("--batch-size", type=int, help="events per claim (WEBHOOK_BATCH_SIZE)")
-    events.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    events.add_argument("--batch-size", type=BATCH, help="events per claim (WEBHOOK_BATCH_SIZE)")
+    events.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics here")
 
     run = sub.add_parser("run", help="worker and daemon in one process (embedded servers if unset)")
     run.add_argument("--on-resume", metavar="MODULE:FUNCTION")
-    run.add_argument("--metrics-port", type=int)
+    run.add_argument("--metrics-port", type=PORT)
 
     status = sub.add_parser("status", help="sessions by status, sleepers, today's spend")
-    status.add_argument("--top", type=int, default=10, help="how many users to list")
+    status.add_argument(
+        "--top", type=whole_number(0, 10_000), default=10, help="how many users to list"
+    )
 
     sessions = sub.add_parser(
         "sessions", help="list, inspect, redeliver, cancel, purge or delete sessions"
@@ -496,13 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--stuck", action="store_true", help="parked resumes, and resumes owed too long"
     )
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=whole_number(1, 100_000), default=50)
     shown = actions.add_parser("show", help="row, resume state, latest checkpoint, Redis key")
-    shown.add_argument("id")
+    shown.add_argument("id", type=identifier)
     again = actions.add_parser("redeliver", help="owe a working session's resume again")
-    again.add_argument("id")
+    again.add_argument("id", type=identifier)
     cancel = actions.add_parser("cancel", help="complete a session (terminal)")
-    cancel.add_argument("id")
+    cancel.add_argument("id", type=identifier)
     purge = actions.add_parser(
         "purge",
         help="delete the checkpoints and Redis keys of sessions completed long ago"
@@ -518,11 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     erase = actions.add_parser(
         "delete", help="remove a session entirely: row, checkpoints, ledger rows, Redis key"
     )
-    erase.add_argument("id")
+    erase.add_argument("id", type=identifier)
     for each in (listing, shown, again, cancel, purge, erase):
         each.add_argument("--json", action="store_true", help="JSON for scripts")
     topup = sub.add_parser("top-up", help="add money to a user's budget now (wakes sessions)")
-    topup.add_argument("user_id", metavar="USER_ID", help="the user's clerk_user_id")
+    topup.add_argument(
+        "user_id", metavar="USER_ID", type=identifier, help="the user's clerk_user_id"
+    )
     topup.add_argument("amount_usd", metavar="AMOUNT_USD", help="dollars, e.g. 10 or 2.50")
 
     prices = sub.add_parser("prices", help="the effective-dated price list charges use")
@@ -560,9 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser("demo", help="a fleet of agents sleeps and wakes over simulated days")
-    demo.add_argument("--sessions", type=int, default=12)
-    demo.add_argument("--days", type=int, default=3)
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--sessions", type=whole_number(1, 10_000), default=12)
+    demo.add_argument("--days", type=whole_number(1, 366), default=3)
+    demo.add_argument("--seed", type=whole_number(-(2**63), 2**63 - 1), default=7)
     demo.add_argument("--keep", action="store_true", help="keep the data for `status`")
     demo.add_argument(
         "--verbose", action="store_true", help="log to the screen, not to .local/demo-*.log"
@@ -574,14 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _days(value: str) -> int:
-    try:
-        days = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of days: {value!r}") from None
-    if days < 0:
-        raise argparse.ArgumentTypeError(f"days must be 0 or more, got {days}")
-    return days
+BATCH: Final = whole_number(1, MAX_BATCH)
+PORT: Final = whole_number(1, 65_535)
+#: ``sessions purge --older-than``: a century; more overflows the database's calendar.
+_days: Final = whole_number(0, MAX_RETENTION_DAYS, "days")
 
 
 COMMANDS = {
@@ -604,10 +610,16 @@ def _settings_or_usage_error() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(part) for part in first["loc"]).upper() or "a setting"
+        given = "" if is_secret_setting(name) else f"{_shown(first.get('input'))}: "
         raise UsageError(
-            f"{name} is invalid ({first['msg']}): fix it in the environment or .env"
+            f"{name} is invalid ({given}{first['msg']}): fix it in the environment or .env"
             " (see .env.example)"
-        ) from exc
+        ) from None
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     BaseModel,
     Field,
-    NonNegativeFloat,
     NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,12 +59,37 @@ def default_prices() -> dict[str, ModelPrice]:
 #: Money that fits PostgreSQL's BIGINT, where budgets are stored.
 Microdollars = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
+#: Bounds of operator input (DESIGN.md §6c): beyond them a value is a mistake, and would
+#: otherwise fail later, in SQL or in the calendar, instead of where it was given.
+MAX_SECONDS: Final = 10**9  # about 31 years
+MAX_BATCH: Final = 100_000
+MAX_COUNT: Final = 10**7
+MAX_RETENTION_DAYS: Final = 36_500  # a century
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+GraceSeconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+WholeSeconds = Annotated[int, Field(ge=1, le=MAX_SECONDS)]
+Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+
+
+def is_secret_setting(name: str) -> bool:
+    """Whether the value of the setting ``name`` may carry a secret, and is never shown
+    (a URL can hold a password; WEBHOOK_SECRET is one)."""
+    upper = name.upper()
+    return "URL" in upper or "SECRET" in upper or "PASSWORD" in upper or "TOKEN" in upper
+
 
 class Settings(BaseSettings):
     """Every knob of the library and its processes; ``Settings()`` works with no environment."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        # NaN compares false with every bound, and inf passes "> 0": both refused.
+        allow_inf_nan=False,
     )
 
     # Servers. None means "start embedded servers" for the CLI (see app.local_services).
@@ -99,51 +122,59 @@ class Settings(BaseSettings):
     # "cache_read_per_mtok": ..}} (the cache classes default to 1.25x / 2x / 0.1x input).
     model_prices: dict[str, ModelPrice] = Field(default_factory=default_prices)
     # An unsettled reservation (BudgetRepository.reserve) stops counting after this long.
-    reservation_ttl_seconds: PositiveInt = 600
+    reservation_ttl_seconds: WholeSeconds = 600
 
     # Checkpoint storage.
-    checkpoint_keep_last: PositiveInt = 5
-    checkpoint_keyframe_every: PositiveInt = 50
+    checkpoint_keep_last: Count = 5
+    checkpoint_keyframe_every: Count = 50
     # Sessions whose last saved history each process remembers (LRU), so that a save
     # extending it costs O(new messages); 0 turns the cache off.
-    checkpoint_cache_sessions: NonNegativeInt = 1024
+    checkpoint_cache_sessions: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 1024
 
     # Processes.
-    wake_poll_interval: PositiveFloat = 5.0
-    daemon_interval: PositiveFloat = 30.0
-    sleep_grace_seconds: NonNegativeInt = 300
-    batch_size: PositiveInt = 100
-    backoff_max_seconds: PositiveFloat = 30.0
-    store_timeout_seconds: PositiveFloat = 2.0
+    wake_poll_interval: Seconds = 5.0
+    daemon_interval: Seconds = 30.0
+    sleep_grace_seconds: Annotated[int, Field(ge=0, le=MAX_SECONDS)] = 300
+    batch_size: Batch = 100
+    backoff_max_seconds: Seconds = 30.0
+    store_timeout_seconds: Seconds = 2.0
     # Resume delivery (DESIGN.md §8): at least once, fenced by a token.
-    resume_lease_seconds: PositiveFloat = 30.0
-    resume_max_attempts: PositiveInt = 5
-    resume_concurrency: PositiveInt = 32
-    resume_grace_seconds: NonNegativeFloat = 30.0
-    runner_timeout_seconds: PositiveFloat = 900.0
+    resume_lease_seconds: Seconds = 30.0
+    resume_max_attempts: Count = 5
+    resume_concurrency: Batch = 32
+    resume_grace_seconds: GraceSeconds = 30.0
+    runner_timeout_seconds: Seconds = 900.0
     # The Redis mirror's reconciliation rescans changes this far back on every pass,
     # so a transaction that committed late is not missed.
-    store_reconcile_margin_seconds: PositiveFloat = 30.0
+    store_reconcile_margin_seconds: Seconds = 30.0
     # Completed sessions lose their checkpoints and Redis key this many days after
     # completion (the daemon, in batches of RETENTION_BATCH); the row and ledger stay.
-    retention_days: PositiveInt = 30
-    retention_batch: PositiveInt = 500
+    retention_days: Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)] = 30
+    retention_batch: Batch = 500
     # Budget events (DESIGN.md §8): the outbox's deliverer POSTs each one to WEBHOOK_URL,
     # signed with WEBHOOK_SECRET (X-Signature: t=<unix time>,v1=<HMAC-SHA256 hex>).
     # No URL: events stay in the outbox, undelivered, until one is set.
     webhook_url: str | None = None
     webhook_secret: str | None = None
-    webhook_timeout_seconds: PositiveFloat = 10.0
+    webhook_timeout_seconds: Seconds = 10.0
     # A claimed event is due again after the lease, should its deliverer die: keep it
     # above the timeout.
-    webhook_lease_seconds: PositiveFloat = 60.0
-    webhook_backoff_base_seconds: PositiveFloat = 1.0
-    webhook_backoff_max_seconds: PositiveFloat = 300.0
-    webhook_batch_size: PositiveInt = 50
-    events_poll_interval: PositiveFloat = 2.0
+    webhook_lease_seconds: Seconds = 60.0
+    webhook_backoff_base_seconds: Seconds = 1.0
+    webhook_backoff_max_seconds: Seconds = 300.0
+    webhook_batch_size: Batch = 50
+    events_poll_interval: Seconds = 2.0
     on_resume: str | None = None
-    metrics_port: int | None = None
+    metrics_port: Annotated[int, Field(ge=1, le=65_535)] | None = None
     log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"not a log level: {value!r}; one of {', '.join(LOG_LEVELS)}")
+        return level
 
     def allowance_for(self, tier: Tier) -> int:
         """The tier's allowance for one billing period, in microdollars."""
