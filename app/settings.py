@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Final, Literal
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -71,6 +73,69 @@ GraceSeconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
 WholeSeconds = Annotated[int, Field(ge=1, le=MAX_SECONDS)]
 Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
 Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+
+
+MASK: Final = "***"
+#: Query parameters whose value is a credential, whatever the URL's scheme.
+SECRET_QUERY_KEYS: Final = ("pass", "pwd", "secret", "token", "key", "auth", "sig", "cred")
+
+
+def _secret_key(name: str) -> bool:
+    return any(word in name.lower() for word in SECRET_QUERY_KEYS)
+
+
+def mask_url(url: str | None, *, every_query_value: bool = False) -> str:
+    """``url`` safe to print or log: the password of its userinfo and the value of every
+    credential-like query parameter (``password``, ``token``, ``sig``...; with
+    ``every_query_value``, of every parameter, as a webhook URL's query is its own
+    business) become ``***``. The one masking rule of the CLI, the errors and the logs."""
+    if not url:
+        return "(unset)"
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        user, at, host = netloc.rpartition("@")
+        if at:
+            name, colon, _ = user.partition(":")
+            netloc = f"{name}{colon and ':' + MASK}@{host}"
+        query = "&".join(
+            f"{quote(k, safe='')}={MASK}"
+            if every_query_value or _secret_key(k)
+            else f"{quote(k, safe='')}={quote(v, safe='')}"
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "<unparseable url>"
+
+
+def url_secrets(url: str | None) -> set[str]:
+    """The credentials inside ``url`` (its password, credential-like query values),
+    as written and decoded, so that text carrying any of them can be masked."""
+    found: set[str] = set()
+    if not url:
+        return found
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return {url}
+    user, at, _ = parts.netloc.rpartition("@")
+    if at and ":" in user:
+        found.add(user.partition(":")[2])
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if _secret_key(key):
+            found.add(value)
+    found |= {unquote(each) for each in found}
+    return {each for each in found if each}
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret replaced by ``***`` (longest first,
+    so that a secret containing another is masked whole)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def is_secret_setting(name: str) -> bool:
@@ -175,6 +240,24 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"not a log level: {value!r}; one of {', '.join(LOG_LEVELS)}")
         return level
+
+    def secrets(self) -> frozenset[str]:
+        """Every secret these settings hold: the passwords and tokens of DATABASE_URL,
+        DATABASE_LISTEN_URL, REDIS_URL and WEBHOOK_URL (and all of the webhook URL's
+        query values), and WEBHOOK_SECRET. Nothing printed or logged may carry one."""
+        found = set()
+        for url in (self.database_url, self.database_listen_url, self.redis_url):
+            found |= url_secrets(url)
+        if self.webhook_url:
+            found |= url_secrets(self.webhook_url)
+            try:
+                query = urlsplit(self.webhook_url).query
+            except ValueError:
+                query = ""
+            found |= {v for _, v in parse_qsl(query) if v}
+        if self.webhook_secret:
+            found.add(self.webhook_secret)
+        return frozenset(found)
 
     def allowance_for(self, tier: Tier) -> int:
         """The tier's allowance for one billing period, in microdollars."""
