@@ -40,7 +40,14 @@ from app.lifecycle import (
     status,
     top_up,
 )
-from app.settings import MAX_BATCH, MAX_RETENTION_DAYS, Settings, is_secret_setting
+from app.logs import configure_logging, escape
+from app.settings import (
+    MAX_BATCH,
+    MAX_RETENTION_DAYS,
+    Settings,
+    is_secret_setting,
+    mask_secrets,
+)
 from app.workers import BudgetDaemon, WakeWorker, metrics
 from app.workers.events import EventDeliverer
 from app.workers.wake import ResumeHook
@@ -630,19 +637,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = _settings_or_usage_error()
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-            stream=sys.stderr,
-        )
+        configure_logging(settings)
         return asyncio.run(COMMANDS[args.command](settings, args))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        secrets = settings.secrets() if settings else frozenset()
         if args.debug:
-            traceback.print_exc()
+            print(mask_secrets(traceback.format_exc(), secrets), end="", file=sys.stderr)
+
+        def say(message: str) -> None:
+            print(escape(mask_secrets(f"error: {message}", secrets)), file=sys.stderr)
+
         if isinstance(exc, UsageError):
-            print(f"error: {exc}", file=sys.stderr)
+            say(str(exc))
             return USAGE
         problem = explain(
             exc,
@@ -651,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if problem is None:
             hint = "" if args.debug else " (run with --debug for the traceback)"
-            print(f"error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+            say(f"{type(exc).__name__}: {exc}{hint}")
             return ENVIRONMENT
-        print(f"error: {problem.message}", file=sys.stderr)
+        say(problem.message)
         return problem.exit_code
