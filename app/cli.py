@@ -242,7 +242,7 @@ async def print_status(rt: Runtime, *, top: int = 10) -> None:
     print(f"  {'user':<24} {'spent $':>12} {'budget $':>12} {'used':>7}")
     for user, spent, budget in report.top_spenders:
         used = f"{100 * spent / budget:6.1f}%" if budget else "   n/a"
-        print(f"  {user:<24} {spent / 1e6:>12.4f} {budget / 1e6:>12.4f} {used:>7}")
+        print(f"  {escape(user):<24} {spent / 1e6:>12.4f} {budget / 1e6:>12.4f} {used:>7}")
 
 
 SESSION_COLUMNS: Final = (
@@ -255,7 +255,10 @@ def print_sessions(rows: list[dict[str, Any]]) -> None:
     """A table for people."""
     print("  ".join(f"{name:<{width}}" for name, width in SESSION_COLUMNS).rstrip())
     for row in rows:
-        cells = ("-" if row[name] is None else str(row[name]) for name, _ in SESSION_COLUMNS)
+        # Values as stored, escaped: an id holding a newline cannot forge a row.
+        cells = (
+            "-" if row[name] is None else escape(str(row[name])) for name, _ in SESSION_COLUMNS
+        )
         print("  ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, SESSION_COLUMNS, strict=True)))
 
 
@@ -280,7 +283,7 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
                 else:
                     print_sessions([view["session"]])
                     for key, value in view["session"].items():
-                        print(f"  {key:<28} {'-' if value is None else value}")
+                        print(f"  {key:<28} {'-' if value is None else escape(str(value))}")
                     print(f"checkpoint  {view['checkpoint'] or '-'}")
                     print(f"redis       {view['redis'] or '- (no key)'}")
             elif args.action == "purge":
@@ -322,10 +325,12 @@ def parse_usd(text: str) -> int:
     try:
         micro = to_micro(text.strip().removeprefix("$"), dollars=True)
     except ValueError as exc:
-        raise UsageError(
-            f"AMOUNT_USD must be a positive number of dollars, exact to the microdollar,"
-            f" got {text!r} ({exc})"
-        ) from None
+        reason = (
+            "must be positive"
+            if str(exc) == "negative"
+            else f"must be a number of dollars, exact to the microdollar ({exc})"
+        )
+        raise UsageError(f"AMOUNT_USD {reason}, got {text!r}") from None
     if micro <= 0:
         raise UsageError(f"AMOUNT_USD must be positive, got {text!r}")
     return micro
@@ -462,7 +467,7 @@ def print_purge(report: PurgeReport, *, older_than: int, as_json: bool) -> None:
     if report.store_errors:
         print("  Redis was unreachable: keys not counted or deleted (they expire with their TTL)")
     for session_id in report.session_ids:
-        print(f"  {session_id}")
+        print(f"  {escape(session_id)}")
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:

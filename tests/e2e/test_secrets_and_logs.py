@@ -9,10 +9,12 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.cli import print_sessions
 from app.db.engine import create_session_factory
 from app.domain import EventType
 from app.lifecycle import emit
@@ -150,3 +152,13 @@ async def test_a_newline_in_a_session_id_cannot_forge_a_log_line(
     assert "resume session=s-1\\n" + FORGED + "\\r\\x1b[2K\\u2028x" in output
     # Every line is a record of its own, or the indented continuation of a traceback.
     assert all(record.match(line) or line.startswith("    ") for line in lines if line), lines
+
+
+def test_a_newline_in_a_listed_session_id_cannot_forge_a_table_row(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    row = {"id": "s-1\nforged-row  working", "status": "working", "version": 1}
+    print_sessions([{**row, "resume": None, "resume_attempts": 0, "last_seen_at": None}])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2  # the header and the one row
+    assert lines[1].startswith("s-1\\nforged-row  working")
