@@ -76,6 +76,9 @@ Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 
 
 MASK: Final = "***"
+#: A webhook URL's query value at least this long is taken for a token even under an
+#: innocent name (credential-like names are masked at any length).
+MIN_TOKEN_LENGTH: Final = 6
 #: Query parameters whose value is a credential, whatever the URL's scheme.
 SECRET_QUERY_KEYS: Final = ("pass", "pwd", "secret", "token", "key", "auth", "sig", "cred")
 
@@ -254,7 +257,9 @@ class Settings(BaseSettings):
                 query = urlsplit(self.webhook_url).query
             except ValueError:
                 query = ""
-            found |= {v for _, v in parse_qsl(query) if v}
+            # Any query value may be the receiver's token; short ones ("v=1") are not
+            # worth masking every "1" of every log line for.
+            found |= {v for _, v in parse_qsl(query) if len(v) >= MIN_TOKEN_LENGTH}
         if self.webhook_secret:
             found.add(self.webhook_secret)
         return frozenset(found)
