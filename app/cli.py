@@ -13,13 +13,13 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
 
 from app.bootstrap import Connected, UsageError, connect
 from app.budget.pricing import MAX_TOKENS_PER_CALL, Band, Rates, band, rates
+from app.cli_args import OneLineParser, identifier, to_micro, whole_number
 from app.cli_errors import ENVIRONMENT, USAGE, explain
 from app.db.engine import create_engine, mask_password
 from app.db.migrate import upgrade
@@ -46,7 +46,14 @@ from app.lifecycle import (
     status,
     top_up,
 )
-from app.settings import Settings
+from app.logs import configure_logging, escape
+from app.settings import (
+    MAX_BATCH,
+    MAX_RETENTION_DAYS,
+    Settings,
+    is_secret_setting,
+    mask_secrets,
+)
 from app.workers import BudgetDaemon, WakeWorker, metrics
 from app.workers.events import EventDeliverer
 from app.workers.wake import ResumeHook
@@ -241,7 +248,7 @@ async def print_status(rt: Runtime, *, top: int = 10) -> None:
     print(f"  {'user':<24} {'spent $':>12} {'budget $':>12} {'used':>7}")
     for user, spent, budget in report.top_spenders:
         used = f"{100 * spent / budget:6.1f}%" if budget else "   n/a"
-        print(f"  {user:<24} {spent / 1e6:>12.4f} {budget / 1e6:>12.4f} {used:>7}")
+        print(f"  {escape(user):<24} {spent / 1e6:>12.4f} {budget / 1e6:>12.4f} {used:>7}")
 
 
 SESSION_COLUMNS: Final = (
@@ -254,7 +261,10 @@ def print_sessions(rows: list[dict[str, Any]]) -> None:
     """A table for people."""
     print("  ".join(f"{name:<{width}}" for name, width in SESSION_COLUMNS).rstrip())
     for row in rows:
-        cells = ("-" if row[name] is None else str(row[name]) for name, _ in SESSION_COLUMNS)
+        # Values as stored, escaped: an id holding a newline cannot forge a row.
+        cells = (
+            "-" if row[name] is None else escape(str(row[name])) for name, _ in SESSION_COLUMNS
+        )
         print("  ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, SESSION_COLUMNS, strict=True)))
 
 
@@ -279,7 +289,7 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
                 else:
                     print_sessions([view["session"]])
                     for key, value in view["session"].items():
-                        print(f"  {key:<28} {'-' if value is None else value}")
+                        print(f"  {key:<28} {'-' if value is None else escape(str(value))}")
                     print(f"checkpoint  {view['checkpoint'] or '-'}")
                     print(f"redis       {view['redis'] or '- (no key)'}")
             elif args.action == "purge":
@@ -315,7 +325,9 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
                 print(
                     json.dumps(describe(session)) if args.json else f"cancel {args.id}: completed"
                 )
-        except (SessionNotFound, InvalidTransition, InvalidInput) as exc:
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from exc
+        except (SessionNotFound, InvalidTransition) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     return 0
@@ -324,15 +336,17 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
 def parse_usd(text: str) -> int:
     """``"12.50"`` -> 12_500_000 microdollars: a positive amount, exact to the microdollar."""
     try:
-        usd = Decimal(text.strip().removeprefix("$"))
-    except InvalidOperation:
-        raise UsageError(f"AMOUNT_USD must be a number of dollars, got {text!r}") from None
-    micro = usd * 1_000_000
-    if not usd.is_finite() or micro != micro.to_integral_value():
-        raise UsageError(f"AMOUNT_USD must be exact to the microdollar, got {text!r}")
+        micro = to_micro(text.strip().removeprefix("$"), dollars=True)
+    except ValueError as exc:
+        reason = (
+            "must be positive"
+            if str(exc) == "negative"
+            else f"must be a number of dollars, exact to the microdollar ({exc})"
+        )
+        raise UsageError(f"AMOUNT_USD {reason}, got {text!r}") from None
     if micro <= 0:
         raise UsageError(f"AMOUNT_USD must be positive, got {text!r}")
-    return int(micro)
+    return micro
 
 
 def format_usd(microdollars: int) -> str:
@@ -369,16 +383,16 @@ def parse_per_mtok(text: str) -> int:
     """A price per million tokens: integer microdollars (``3000000``), or dollars with a
     leading ``$`` (``$3`` or ``$3.75``), exact to the microdollar, 0 or more."""
     raw = text.strip()
+    dollars = raw.startswith("$")
     try:
-        value = Decimal(raw.removeprefix("$").replace("_", ""))
-    except InvalidOperation:
+        return to_micro(raw.removeprefix("$").replace("_", ""), dollars=dollars)
+    except ValueError as exc:
+        # "3.75" without "$" is the usual slip: a price in dollars given as microdollars.
+        hint = f"; for dollars write ${raw}" if not dollars and "." in raw else ""
         raise argparse.ArgumentTypeError(
-            f"not a price: {text!r} (microdollars per Mtok, or $ per Mtok like $3.75)"
+            f"not a price: {text!r} ({exc}); give microdollars per Mtok (3000000)"
+            f" or $ per Mtok ($3.75){hint}"
         ) from None
-    micro = value * 1_000_000 if raw.startswith("$") else value
-    if not micro.is_finite() or micro != micro.to_integral_value() or micro < 0:
-        raise argparse.ArgumentTypeError(f"a price must be 0 or more, exact to the µ$: {text!r}")
-    return int(micro)
 
 
 def parse_band(text: str) -> tuple[int, list[int]]:
@@ -412,6 +426,10 @@ def parse_time(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise argparse.ArgumentTypeError(f"give the time with its offset (Z or +hh:mm): {text!r}")
+    try:
+        moment.astimezone(UTC)  # the first and last days of the calendar overflow in UTC
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"out of the calendar's range: {text!r}") from None
     return moment
 
 
@@ -531,7 +549,7 @@ def print_purge(report: PurgeReport, *, older_than: int, as_json: bool) -> None:
     if report.store_errors:
         print("  Redis was unreachable: keys not counted or deleted (they expire with their TTL)")
     for session_id in report.session_ids:
-        print(f"  {session_id}")
+        print(f"  {escape(session_id)}")
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -544,30 +562,32 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser = OneLineParser(prog="python -m app", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="upgrade DATABASE_URL to the newest revision")
 
     worker = sub.add_parser("worker", help="wake sleeping sessions when they are due")
     worker.add_argument("--on-resume", metavar="MODULE:FUNCTION", help="resume hook to call")
-    worker.add_argument("--batch-size", type=int, help="sessions per claim (BATCH_SIZE)")
-    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    worker.add_argument("--batch-size", type=BATCH, help="sessions per claim (BATCH_SIZE)")
+    worker.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics here")
 
     daemon = sub.add_parser("daemon", help="sleep silent over-budget sessions, stop runaways")
-    daemon.add_argument("--batch-size", type=int, help="sessions per pass (BATCH_SIZE)")
-    daemon.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    daemon.add_argument("--batch-size", type=BATCH, help="sessions per pass (BATCH_SIZE)")
+    daemon.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics here")
 
     events = sub.add_parser("events", help="deliver budget events to WEBHOOK_URL, signed")
-    events.add_argument("--batch-size", type=int, help="events per claim (WEBHOOK_BATCH_SIZE)")
-    events.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    events.add_argument("--batch-size", type=BATCH, help="events per claim (WEBHOOK_BATCH_SIZE)")
+    events.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics here")
 
     run = sub.add_parser("run", help="worker and daemon in one process (embedded servers if unset)")
     run.add_argument("--on-resume", metavar="MODULE:FUNCTION")
-    run.add_argument("--metrics-port", type=int)
+    run.add_argument("--metrics-port", type=PORT)
 
     status = sub.add_parser("status", help="sessions by status, sleepers, today's spend")
-    status.add_argument("--top", type=int, default=10, help="how many users to list")
+    status.add_argument(
+        "--top", type=whole_number(0, 10_000), default=10, help="how many users to list"
+    )
 
     sessions = sub.add_parser(
         "sessions", help="list, inspect, redeliver, cancel, purge or delete sessions"
@@ -578,18 +598,18 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--stuck", action="store_true", help="parked resumes, and resumes owed too long"
     )
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=whole_number(1, 100_000), default=50)
     shown = actions.add_parser("show", help="row, resume state, latest checkpoint, Redis key")
-    shown.add_argument("id")
+    shown.add_argument("id", type=identifier)
     again = actions.add_parser("redeliver", help="owe a working session's resume again")
-    again.add_argument("id")
+    again.add_argument("id", type=identifier)
     again.add_argument(
         "--force",
         action="store_true",
         help="even while a hook runs it: a new token fences the running runner",
     )
     cancel = actions.add_parser("cancel", help="complete a session (terminal)")
-    cancel.add_argument("id")
+    cancel.add_argument("id", type=identifier)
     purge = actions.add_parser(
         "purge",
         help="delete the checkpoints and Redis keys of sessions completed long ago"
@@ -605,14 +625,19 @@ def build_parser() -> argparse.ArgumentParser:
     erase = actions.add_parser(
         "delete", help="remove a session entirely: row, checkpoints, ledger rows, Redis key"
     )
-    erase.add_argument("id")
+    erase.add_argument("id", type=identifier)
     for each in (listing, shown, again, cancel, purge, erase):
         each.add_argument("--json", action="store_true", help="JSON for scripts")
     topup = sub.add_parser("top-up", help="add money to a user's budget now (wakes sessions)")
-    topup.add_argument("user_id", metavar="USER_ID", help="the user's clerk_user_id")
+    topup.add_argument(
+        "user_id", metavar="USER_ID", type=identifier, help="the user's clerk_user_id"
+    )
     topup.add_argument("amount_usd", metavar="AMOUNT_USD", help="dollars, e.g. 10 or 2.50")
     topup.add_argument(
-        "--idempotency-key", default=None, help="a retry with the same key credits once"
+        "--idempotency-key",
+        type=identifier,
+        default=None,
+        help="a retry with the same key credits once",
     )
 
     prices = sub.add_parser("prices", help="the effective-dated price list charges use")
@@ -668,9 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser("demo", help="a fleet of agents sleeps and wakes over simulated days")
-    demo.add_argument("--sessions", type=int, default=12)
-    demo.add_argument("--days", type=int, default=3)
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--sessions", type=whole_number(1, 10_000), default=12)
+    demo.add_argument("--days", type=whole_number(1, 366), default=3)
+    demo.add_argument("--seed", type=whole_number(-(2**63), 2**63 - 1), default=7)
     demo.add_argument("--keep", action="store_true", help="keep the data for `status`")
     demo.add_argument(
         "--verbose", action="store_true", help="log to the screen, not to .local/demo-*.log"
@@ -682,14 +707,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _days(value: str) -> int:
-    try:
-        days = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of days: {value!r}") from None
-    if days < 0:
-        raise argparse.ArgumentTypeError(f"days must be 0 or more, got {days}")
-    return days
+BATCH: Final = whole_number(1, MAX_BATCH)
+PORT: Final = whole_number(1, 65_535)
+#: ``sessions purge --older-than``: a century; more overflows the database's calendar.
+_days: Final = whole_number(0, MAX_RETENTION_DAYS, "days")
 
 
 COMMANDS = {
@@ -712,10 +733,16 @@ def _settings_or_usage_error() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(part) for part in first["loc"]).upper() or "a setting"
+        given = "" if is_secret_setting(name) else f"{_shown(first.get('input'))}: "
         raise UsageError(
-            f"{name} is invalid ({first['msg']}): fix it in the environment or .env"
+            f"{name} is invalid ({given}{first['msg']}): fix it in the environment or .env"
             " (see .env.example)"
-        ) from exc
+        ) from None
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -726,19 +753,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = _settings_or_usage_error()
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-            stream=sys.stderr,
-        )
+        configure_logging(settings)
         return asyncio.run(COMMANDS[args.command](settings, args))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        secrets = settings.secrets() if settings else frozenset()
         if args.debug:
-            traceback.print_exc()
+            print(mask_secrets(traceback.format_exc(), secrets), end="", file=sys.stderr)
+
+        def say(message: str) -> None:
+            print(escape(mask_secrets(f"error: {message}", secrets)), file=sys.stderr)
+
         if isinstance(exc, UsageError):
-            print(f"error: {exc}", file=sys.stderr)
+            say(str(exc))
             return USAGE
         problem = explain(
             exc,
@@ -747,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if problem is None:
             hint = "" if args.debug else " (run with --debug for the traceback)"
-            print(f"error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+            say(f"{type(exc).__name__}: {exc}{hint}")
             return ENVIRONMENT
-        print(f"error: {problem.message}", file=sys.stderr)
+        say(problem.message)
         return problem.exit_code

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from app.domain import InvalidInput, SessionStoreUnavailable
 from app.incarnation import incarnation
-from app.validation import require_aware, require_id, require_int, require_text
+from app.validation import require_aware, require_int, require_text, stored_id
 
 if TYPE_CHECKING:
     from app.db.models import AgentSession
@@ -132,8 +132,10 @@ class RedisSessionStore:
         self._discard_script = redis.register_script(_DELETE_IF_NOT_NEWER)
 
     def key(self, session_id: str) -> str:
-        """The Redis key of a session. Every key this store touches starts with the prefix."""
-        return f"{self.prefix}:{require_id(session_id, 'session_id')}"
+        """The Redis key of a session. Every key this store touches starts with the prefix.
+        Any stored id has one (Redis keys are binary-safe): the id rule is checked where
+        ids enter, and a session row from before it is still mirrored."""
+        return f"{self.prefix}:{stored_id(session_id, 'session_id')}"
 
     async def _call(self, what: str, awaitable: Awaitable[T]) -> T:
         # The bound holds whatever the client's own socket timeouts and retries are.

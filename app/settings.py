@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Iterable
+from typing import Annotated, Final, Literal
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
     Field,
-    NonNegativeFloat,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -112,12 +113,103 @@ def default_prices() -> dict[str, ModelPrice]:
 #: Money that fits PostgreSQL's BIGINT, where budgets are stored.
 Microdollars = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
+#: Bounds of operator input (DESIGN.md §6c): beyond them a value is a mistake, and would
+#: otherwise fail later, in SQL or in the calendar, instead of where it was given.
+MAX_SECONDS: Final = 10**9  # about 31 years
+MAX_BATCH: Final = 100_000
+MAX_COUNT: Final = 10**7
+MAX_RETENTION_DAYS: Final = 36_500  # a century
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+GraceSeconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+WholeSeconds = Annotated[int, Field(ge=1, le=MAX_SECONDS)]
+Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+
+
+MASK: Final = "***"
+#: A webhook URL's query value at least this long is taken for a token even under an
+#: innocent name (credential-like names are masked at any length).
+MIN_TOKEN_LENGTH: Final = 6
+#: Query parameters whose value is a credential, whatever the URL's scheme.
+SECRET_QUERY_KEYS: Final = ("pass", "pwd", "secret", "token", "key", "auth", "sig", "cred")
+
+
+def _secret_key(name: str) -> bool:
+    return any(word in name.lower() for word in SECRET_QUERY_KEYS)
+
+
+def mask_url(url: str | None, *, every_query_value: bool = False) -> str:
+    """``url`` safe to print or log: the password of its userinfo and the value of every
+    credential-like query parameter (``password``, ``token``, ``sig``...; with
+    ``every_query_value``, of every parameter, as a webhook URL's query is its own
+    business) become ``***``. The one masking rule of the CLI, the errors and the logs."""
+    if not url:
+        return "(unset)"
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        user, at, host = netloc.rpartition("@")
+        if at:
+            name, colon, _ = user.partition(":")
+            netloc = f"{name}{colon and ':' + MASK}@{host}"
+        query = "&".join(
+            f"{quote(k, safe='')}={MASK}"
+            if every_query_value or _secret_key(k)
+            else f"{quote(k, safe='')}={quote(v, safe='')}"
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "<unparseable url>"
+
+
+def url_secrets(url: str | None) -> set[str]:
+    """The credentials inside ``url`` (its password, credential-like query values),
+    as written and decoded, so that text carrying any of them can be masked."""
+    found: set[str] = set()
+    if not url:
+        return found
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return {url}
+    user, at, _ = parts.netloc.rpartition("@")
+    if at and ":" in user:
+        found.add(user.partition(":")[2])
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if _secret_key(key):
+            found.add(value)
+    found |= {unquote(each) for each in found}
+    return {each for each in found if each}
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret replaced by ``***`` (longest first,
+    so that a secret containing another is masked whole)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def is_secret_setting(name: str) -> bool:
+    """Whether the value of the setting ``name`` may carry a secret, and is never shown
+    (a URL can hold a password; WEBHOOK_SECRET is one)."""
+    upper = name.upper()
+    return "URL" in upper or "SECRET" in upper or "PASSWORD" in upper or "TOKEN" in upper
+
 
 class Settings(BaseSettings):
     """Every knob of the library and its processes; ``Settings()`` works with no environment."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        # NaN compares false with every bound, and inf passes "> 0": both refused.
+        allow_inf_nan=False,
     )
 
     # Servers. None means "start embedded servers" for the CLI (see app.local_services).
@@ -152,51 +244,79 @@ class Settings(BaseSettings):
     # to 1.25x / 2x / 0.1x input; a band's to the base's scaled like its input).
     model_prices: dict[str, ModelPrice] = Field(default_factory=default_prices)
     # An unsettled reservation (BudgetRepository.reserve) stops counting after this long.
-    reservation_ttl_seconds: PositiveInt = 600
+    reservation_ttl_seconds: WholeSeconds = 600
 
     # Checkpoint storage.
-    checkpoint_keep_last: PositiveInt = 5
-    checkpoint_keyframe_every: PositiveInt = 50
+    checkpoint_keep_last: Count = 5
+    checkpoint_keyframe_every: Count = 50
     # Sessions whose last saved history each process remembers (LRU), so that a save
     # extending it costs O(new messages); 0 turns the cache off.
-    checkpoint_cache_sessions: NonNegativeInt = 1024
+    checkpoint_cache_sessions: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 1024
 
     # Processes.
-    wake_poll_interval: PositiveFloat = 5.0
-    daemon_interval: PositiveFloat = 30.0
-    sleep_grace_seconds: NonNegativeInt = 300
-    batch_size: PositiveInt = 100
-    backoff_max_seconds: PositiveFloat = 30.0
-    store_timeout_seconds: PositiveFloat = 2.0
+    wake_poll_interval: Seconds = 5.0
+    daemon_interval: Seconds = 30.0
+    sleep_grace_seconds: Annotated[int, Field(ge=0, le=MAX_SECONDS)] = 300
+    batch_size: Batch = 100
+    backoff_max_seconds: Seconds = 30.0
+    store_timeout_seconds: Seconds = 2.0
     # Resume delivery (DESIGN.md §8): at least once, fenced by a token.
-    resume_lease_seconds: PositiveFloat = 30.0
-    resume_max_attempts: PositiveInt = 5
-    resume_concurrency: PositiveInt = 32
-    resume_grace_seconds: NonNegativeFloat = 30.0
-    runner_timeout_seconds: PositiveFloat = 900.0
+    resume_lease_seconds: Seconds = 30.0
+    resume_max_attempts: Count = 5
+    resume_concurrency: Batch = 32
+    resume_grace_seconds: GraceSeconds = 30.0
+    runner_timeout_seconds: Seconds = 900.0
     # The Redis mirror's reconciliation rescans changes this far back on every pass,
     # so a transaction that committed late is not missed.
-    store_reconcile_margin_seconds: PositiveFloat = 30.0
+    store_reconcile_margin_seconds: Seconds = 30.0
     # Completed sessions lose their checkpoints and Redis key this many days after
     # completion (the daemon, in batches of RETENTION_BATCH); the row and ledger stay.
-    retention_days: PositiveInt = 30
-    retention_batch: PositiveInt = 500
+    retention_days: Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)] = 30
+    retention_batch: Batch = 500
     # Budget events (DESIGN.md §8): the outbox's deliverer POSTs each one to WEBHOOK_URL,
     # signed with WEBHOOK_SECRET (X-Signature: t=<unix time>,v1=<HMAC-SHA256 hex>).
     # No URL: events stay in the outbox, undelivered, until one is set.
     webhook_url: str | None = None
     webhook_secret: str | None = None
-    webhook_timeout_seconds: PositiveFloat = 10.0
+    webhook_timeout_seconds: Seconds = 10.0
     # A claimed event is due again after the lease, should its deliverer die: keep it
     # above the timeout.
-    webhook_lease_seconds: PositiveFloat = 60.0
-    webhook_backoff_base_seconds: PositiveFloat = 1.0
-    webhook_backoff_max_seconds: PositiveFloat = 300.0
-    webhook_batch_size: PositiveInt = 50
-    events_poll_interval: PositiveFloat = 2.0
+    webhook_lease_seconds: Seconds = 60.0
+    webhook_backoff_base_seconds: Seconds = 1.0
+    webhook_backoff_max_seconds: Seconds = 300.0
+    webhook_batch_size: Batch = 50
+    events_poll_interval: Seconds = 2.0
     on_resume: str | None = None
-    metrics_port: int | None = None
+    metrics_port: Annotated[int, Field(ge=1, le=65_535)] | None = None
     log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"not a log level: {value!r}; one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    def secrets(self) -> frozenset[str]:
+        """Every secret these settings hold: the passwords and tokens of DATABASE_URL,
+        DATABASE_LISTEN_URL, REDIS_URL and WEBHOOK_URL (and all of the webhook URL's
+        query values), and WEBHOOK_SECRET. Nothing printed or logged may carry one."""
+        found = set()
+        for url in (self.database_url, self.database_listen_url, self.redis_url):
+            found |= url_secrets(url)
+        if self.webhook_url:
+            found |= url_secrets(self.webhook_url)
+            try:
+                query = urlsplit(self.webhook_url).query
+            except ValueError:
+                query = ""
+            # Any query value may be the receiver's token; short ones ("v=1") are not
+            # worth masking every "1" of every log line for.
+            found |= {v for _, v in parse_qsl(query) if len(v) >= MIN_TOKEN_LENGTH}
+        if self.webhook_secret:
+            found.add(self.webhook_secret)
+        return frozenset(found)
 
     def allowance_for(self, tier: Tier) -> int:
         """The tier's allowance for one billing period, in microdollars."""

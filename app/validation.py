@@ -56,6 +56,16 @@ def require_id(value: Any, field: str) -> str:
     return require_text(value, field, max_length=MAX_ID_LENGTH)
 
 
+def stored_id(value: Any, field: str) -> str:
+    """An id read back from the database, on its way through an internal path (a wake, a
+    Redis key): a non-empty ``str`` that fits its column. The id rule is checked where
+    ids enter (:func:`require_id`); a row written before the rule, or by another tool,
+    must still be woken, mirrored and erased rather than stop the fleet."""
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(f"{field} must be a stored id, got {value!r}", field=field)
+    return value
+
+
 def require_int(value: Any, field: str, *, minimum: int = 0, maximum: int = BIGINT_MAX) -> int:
     """An ``int`` (``bool`` is refused) within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -14,6 +14,10 @@ EVENT_ID_HEADER: Final = "X-Event-Id"
 EVENT_TYPE_HEADER: Final = "X-Event-Type"
 #: A receiver should refuse signatures older than this (replays).
 DEFAULT_TOLERANCE_SECONDS: Final = 300
+#: Longer headers are not ours: refused before any parsing.
+MAX_HEADER_LENGTH: Final = 4096
+#: Unix seconds have 10 digits until the year 2286.
+MAX_TIMESTAMP_DIGITS: Final = 12
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -36,12 +40,21 @@ def verify(
     tolerance: float = DEFAULT_TOLERANCE_SECONDS,
 ) -> bool:
     """True if ``header`` signs ``body`` under ``secret`` and is at most ``tolerance``
-    seconds from ``now`` (constant-time comparison)."""
-    parts = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    try:
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
+    seconds from ``now`` (constant-time comparison). A malformed header (no ``t``, a
+    ``t`` that is not a few ASCII digits, a non-ASCII ``v1``, garbage) is False, never
+    an exception: the header comes from whoever sent the request."""
+    if not isinstance(header, str) or len(header) > MAX_HEADER_LENGTH:
         return False
+    parts = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    stamp = parts.get("t", "").strip()
+    # ASCII digits only, and few of them: int() would take "١٢" or "1_0", and a huge
+    # value overflows the float arithmetic below.
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= MAX_TIMESTAMP_DIGITS):
+        return False
+    timestamp = int(stamp)
     if abs(now - timestamp) > tolerance:
         return False
-    return hmac.compare_digest(parts.get("v1", ""), signature(secret, timestamp, body))
+    given = parts.get("v1", "")
+    if not given.isascii():  # compare_digest refuses non-ASCII str with TypeError
+        return False
+    return hmac.compare_digest(given, signature(secret, timestamp, body))

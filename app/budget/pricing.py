@@ -287,14 +287,15 @@ def parse_usage(usage: Any, *, field: str = "usage") -> TokenUsage:
         if _field(usage, required) is None:
             raise InvalidInput(f"{where}{required} is missing", field=where + required)
     tier = _field(usage, "service_tier")
-    if tier is not None and tier not in SERVICE_TIERS:
+    # A str first: a list or dict here is unhashable, and `in` a frozenset would raise.
+    if tier is not None and (not isinstance(tier, str) or tier not in SERVICE_TIERS):
         allowed = ", ".join(sorted(SERVICE_TIERS))
         raise InvalidInput(
             f"unknown {where}service_tier {tier!r}; expected one of: {allowed}",
             field=where + "service_tier",
         )
     speed = _field(usage, "speed")
-    if speed not in (None, "standard"):
+    if speed is not None and (not isinstance(speed, str) or speed != "standard"):
         # Fast mode has its own price list, which no class here holds: refuse rather
         # than undercharge.
         raise InvalidInput(

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
 from app.domain import InvalidInput
+from app.settings import mask_url
 
 _ASYNC_DRIVER = "postgresql+asyncpg"
 _ACCEPTED = {"postgres", "postgresql", "postgresql+asyncpg"}
@@ -37,11 +38,9 @@ def normalize_url(url: str | URL) -> URL:
 
 
 def mask_password(url: str | URL) -> str:
-    """Render a URL with its password replaced by ``***``, safe to log or print."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable url>"
+    """Render a URL with its password (userinfo or ``?password=``) replaced by ``***``,
+    safe to log or print: ``app.settings.mask_url``, the one masking rule."""
+    return mask_url(url if isinstance(url, str) else url.render_as_string(hide_password=True))
 
 
 def _dumps(value: Any) -> str:

@@ -57,6 +57,7 @@ from app.validation import (
     require_aware,
     require_int,
     require_text,
+    stored_id,
 )
 
 
@@ -654,7 +655,7 @@ class BudgetRepository:
         pass; when one is still booking on a day the first pass did not touch, the
         lock cycle can end in a deadlock, and PostgreSQL aborts one side
         (``TransactionConflict``: nothing changed, run it again)."""
-        ids = sorted({require_text(sid, "session_id") for sid in session_ids})
+        ids = sorted({stored_id(sid, "session_id") for sid in session_ids})
         if not ids:
             return 0
         with translate_errors():

@@ -50,7 +50,7 @@ from app.repositories.checkpoint_codec import rebuild as rebuild_history
 from app.repositories.checkpoint_sql import MetaRow
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sql import core_connection
-from app.validation import INT_MAX, require_int, require_text
+from app.validation import INT_MAX, require_int, require_text, stored_id
 
 #: Retention runs at most once every this many saves on the append path (it costs a
 #: statement), unless keep_last or keyframe_every is smaller.
@@ -500,7 +500,7 @@ class CheckpointRepository:
         ``CheckpointNotFound`` that its broken chain raised; one bad session never
         spoils the others.
         """
-        ids = [require_text(sid, "session_id") for sid in session_ids]
+        ids = [stored_id(sid, "session_id") for sid in session_ids]
         out: dict[str, AgentCheckpoint | CheckpointNotFound | None] = dict.fromkeys(ids)
         if not ids:
             return out

@@ -35,7 +35,7 @@ from app.domain import ResumeInProgress, SessionNotFound, SessionStatus, StaleRu
 from app.repositories.errors import translate_errors, translated
 from app.repositories.sessions import owed_resume
 from app.repositories.sql import claim_due, fresh_scalars, given_rows
-from app.validation import require_int, require_text
+from app.validation import require_int, require_text, stored_id
 
 _WORKING: Final = SessionStatus.WORKING.value
 _COMPLETED: Final = SessionStatus.COMPLETED.value
@@ -163,7 +163,7 @@ class ResumeRepository:
         return await self._sessions(stmt, {})
 
     async def _by_tokens(self, tokens: Mapping[str, str], values: dict[str, object]) -> int:
-        ids = [require_text(sid, "session_id") for sid in tokens]
+        ids = [stored_id(sid, "session_id") for sid in tokens]
         if not ids:
             return 0
         tokens_given = [require_text(tokens[sid], "resume_token") for sid in ids]

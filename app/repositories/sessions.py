@@ -52,6 +52,7 @@ from app.validation import (
     require_int,
     require_money,
     require_text,
+    stored_id,
 )
 
 #: PostgreSQL channel on which ``request_wake`` announces sessions that are due now.
@@ -308,7 +309,7 @@ class SessionRepository:
         Each woken session is owed a resume. With ``lease``, the caller is delivering it
         at once: the first delivery is booked to it until the lease runs out.
         """
-        ids = [require_id(sid, "session_id") for sid in budgets]
+        ids = [stored_id(sid, "session_id") for sid in budgets]
         amounts = [require_money(budgets[sid], "daily_budget_microdollars") for sid in ids]
         if not ids:
             return []
@@ -384,7 +385,7 @@ class SessionRepository:
     async def defer_wakes(self, retry_at: Mapping[str, datetime]) -> int:
         """Sleepers whose wake failed (their checkpoint would not restore) are due again
         at the given times, one more failure counted on each. Returns how many moved."""
-        ids = [require_id(sid, "session_id") for sid in retry_at]
+        ids = [stored_id(sid, "session_id") for sid in retry_at]
         if not ids:
             return 0
         at = [require_aware(retry_at[sid], "retry_at") for sid in ids]
@@ -602,7 +603,7 @@ class SessionRepository:
 
     async def snapshot_rows(self, session_ids: Collection[str]) -> list[SnapshotRow]:
         """The sessions with their latest checkpoint's metadata, in one query."""
-        ids = [require_id(sid, "session_id") for sid in session_ids]
+        ids = [stored_id(sid, "session_id") for sid in session_ids]
         return await self._snapshot_rows(
             self._with_latest_meta()
             .where(agent_sessions.c.id.in_(ids))

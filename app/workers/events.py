@@ -23,7 +23,7 @@ from app.lifecycle import (
     events_pending,
 )
 from app.session_store import RedisSessionStore
-from app.settings import Settings
+from app.settings import Settings, mask_secrets, mask_url
 from app.webhooks import EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER, sign
 from app.workers import metrics
 from app.workers.backoff import tick_forever
@@ -64,6 +64,9 @@ class EventDeliverer:
         self.settings = settings
         self.url = settings.webhook_url
         self.secret = settings.webhook_secret
+        self.secrets = settings.secrets()
+        #: The URL as logs and errors show it: no credentials, no query tokens.
+        self.shown_url = mask_url(settings.webhook_url, every_query_value=True)
         self.batch_size = batch_size or settings.webhook_batch_size
         self.timestamp = timestamp
         self._client = client
@@ -79,10 +82,20 @@ class EventDeliverer:
             EVENT_TYPE_HEADER: event.type,
             SIGNATURE_HEADER: sign(self.secret, int(self.timestamp()), body),
         }
+        deadline = self.settings.webhook_timeout_seconds
         try:
-            response = await client.post(self.url, content=body, headers=headers)
+            # One deadline for the whole attempt, connect to the last byte of the answer:
+            # httpx's timeouts are per read, so a receiver trickling one byte a second
+            # would hold the attempt (and its batch) for as long as it liked.
+            async with asyncio.timeout(deadline):
+                async with client.stream(
+                    "POST", self.url, content=body, headers=headers
+                ) as response:
+                    await response.aread()
+        except TimeoutError:
+            return f"no complete answer within WEBHOOK_TIMEOUT_SECONDS={deadline:g}"
         except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return mask_secrets(f"{type(exc).__name__}: {exc}", self.secrets)
         if 200 <= response.status_code < 300:
             return None
         return f"HTTP {response.status_code}"
@@ -98,21 +111,16 @@ class EventDeliverer:
                 if not batch:
                     break
                 report.batches += 1
-                errors = await asyncio.gather(*(self._post(client, e) for e in batch))
-                done = [e.id for e, error in zip(batch, errors, strict=True) if error is None]
-                await events_delivered(self.rt, done)
-                for event, error in zip(batch, errors, strict=True):
-                    if error is not None:
-                        delay = await event_failed(self.rt, event, error)
-                        log.warning(
-                            "webhook_failed event=%s type=%s attempt=%d retry_in=%.0fs error=%r",
-                            event.event_id, event.type, event.attempts,
-                            delay.total_seconds(), error,
-                        )  # fmt: skip
-                report.delivered += len(done)
-                report.failed += len(batch) - len(done)
-                metrics.WEBHOOK_DELIVERIES.labels("delivered").inc(len(done))
-                metrics.WEBHOOK_DELIVERIES.labels("failed").inc(len(batch) - len(done))
+                posts = {asyncio.ensure_future(self._post(client, event)): event for event in batch}
+                # Settle answers as they come: a slow receiver of one event holds none of
+                # the others (their delivery is recorded while it is still trickling).
+                try:
+                    while posts:
+                        finished, _ = await asyncio.wait(posts, return_when=asyncio.FIRST_COMPLETED)
+                        await self._settle([(posts.pop(t), t.result()) for t in finished], report)
+                finally:
+                    for post in posts:  # stopped midway: the lease makes them due again
+                        post.cancel()
                 metrics.BATCH_SECONDS.labels("events").observe(time.perf_counter() - started)
                 if len(batch) < self.batch_size:
                     break
@@ -120,6 +128,24 @@ class EventDeliverer:
             if self._client is None:
                 await client.aclose()
         return report
+
+    async def _settle(
+        self, outcomes: list[tuple[ClaimedEvent, str | None]], report: DeliveryReport
+    ) -> None:
+        """Record answered attempts: the 2xx ones delivered, the others due after backoff."""
+        done = [event.id for event, error in outcomes if error is None]
+        await events_delivered(self.rt, done)
+        for event, error in outcomes:
+            if error is not None:
+                delay = await event_failed(self.rt, event, error)
+                log.warning(
+                    "webhook_failed event=%s type=%s attempt=%d retry_in=%.0fs error=%r",
+                    event.event_id, event.type, event.attempts, delay.total_seconds(), error,
+                )  # fmt: skip
+        report.delivered += len(done)
+        report.failed += len(outcomes) - len(done)
+        metrics.WEBHOOK_DELIVERIES.labels("delivered").inc(len(done))
+        metrics.WEBHOOK_DELIVERIES.labels("failed").inc(len(outcomes) - len(done))
 
     async def tick(self) -> float:
         """One pass and the gauges; returns the seconds to wait before the next."""
@@ -131,14 +157,14 @@ class EventDeliverer:
         metrics.EVENTS_PENDING.set(pending)
         metrics.EVENTS_OLDEST_PENDING.set(oldest)
         if report.failed and not self._failing:
-            log.error("webhook_failing url=%s pending=%d", self.url, pending)
+            log.error("webhook_failing url=%s pending=%d", self.shown_url, pending)
         self._failing = report.failed > 0 and report.delivered == 0
         interval = self.settings.events_poll_interval
         return interval if next_in is None else max(0.01, min(interval, next_in))
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop``; database errors back off and retry."""
-        log.info("events started url=%s", self.url)
+        log.info("events started url=%s", self.shown_url)
         await tick_forever(
             stop, self.tick, name="events", backoff_max=self.settings.backoff_max_seconds
         )
