@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
+from app.db.migrate import VERSION_TABLE
 from app.db.models import AgentCheckpoint, AgentCostEvent, AgentSession
 from app.repositories import BudgetRepository, CheckpointRepository, SessionRepository
 from app.settings import SONNET, Settings
@@ -57,7 +58,13 @@ async def test_sql_looking_ids_are_just_data(session_factory: Factory) -> None:
         loaded = await CheckpointRepository(s).load_latest(EVIL[0])
     assert ids == sorted(EVIL)
     assert events == len(EVIL)
-    assert tables == {"agent_sessions", "agent_checkpoints", "agent_cost_events", "agent_events"}
+    assert tables == {
+        "agent_sessions",
+        "agent_checkpoints",
+        "agent_cost_events",
+        "agent_events",
+        VERSION_TABLE,
+    }
     assert loaded is not None
     assert loaded.message_history == [{"q": EVIL[0]}]
 
