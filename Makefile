@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps test test-unit test-dates lint format typecheck check migrate run demo worker daemon status bench bench-quick soak docs docs-build clean
+.PHONY: help install system-deps test test-unit test-dates lint format typecheck check migrate run demo worker daemon status bench bench-quick soak docs docs-build check-wheel clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ format: install  ## apply ruff's formatting and safe fixes
 
 typecheck: install  ## mypy --strict on app, tests and benchmarks
 	$(VENV)/bin/mypy --strict app tests benchmarks
+
+check-wheel: install  ## build the wheel, install it outside the checkout, migrate beside another app's tables
+	scripts/check-wheel.sh $(PY)
 
 docs-build: install  ## build the manual (docs/) with mkdocs --strict: a broken link fails
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import json
 import logging
@@ -13,6 +14,9 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as distribution_version
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
@@ -45,6 +49,7 @@ from app.lifecycle import (
     set_price,
     status,
     top_up,
+    wake_session,
 )
 from app.logs import configure_logging, escape
 from app.settings import (
@@ -116,6 +121,24 @@ class Process(Protocol):
 
     async def run_forever(self, stop: asyncio.Event) -> None: ...
 
+    async def run_once(self) -> object: ...
+
+
+def pass_summary(report: object) -> str:
+    """A pass's report as ``name=count`` pairs: numbers as they are, lists by length."""
+    if not dataclasses.is_dataclass(report):
+        return str(report)
+    parts = []
+    for field in dataclasses.fields(report):
+        value = getattr(report, field.name)
+        if isinstance(value, list | tuple | set):
+            value = len(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            parts.append(
+                f"{field.name}={value:g}" if isinstance(value, float) else f"{field.name}={value}"
+            )
+    return " ".join(parts)
+
 
 async def serve_process(
     name: str,
@@ -129,6 +152,10 @@ async def serve_process(
         process = build(c, args.batch_size or settings.batch_size)
         stop = stop_on_signals()
         log.info("%s started database=%s", name, mask_password(c.services.database_url))
+        if getattr(args, "once", False):
+            await c.require_schema()
+            print(f"{name}: one pass: {pass_summary(await process.run_once())}")
+            return 0
         await c.warn_if_schema_behind(name)
         await process.run_forever(stop)
     log.info("%s stopped", name)
@@ -160,6 +187,12 @@ class _WithDeliverer:
             await self.process.run_forever(stop)
             return
         await asyncio.gather(self.process.run_forever(stop), self.deliverer.run_forever(stop))
+
+    async def run_once(self) -> object:
+        done = await self.process.run_once()
+        if self.deliverer is not None:
+            await self.deliverer.run_once()
+        return done
 
 
 def require_webhook_settings(settings: Settings) -> None:
@@ -310,6 +343,13 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
                         f" {removed.checkpoints} checkpoints, {removed.cost_events} ledger rows,"
                         f" {removed.redis_keys} Redis key"
                     )
+            elif args.action == "wake":
+                restored = await wake_session(rt, args.id, reason="operator")
+                print(
+                    json.dumps(describe(restored.session))
+                    if args.json
+                    else f"wake {args.id}: working, resume owed to a worker"
+                )
             elif args.action == "redeliver":
                 try:
                     session = await redeliver(rt, args.id, force=args.force)
@@ -561,19 +601,41 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m app", description=__doc__)
+def package_version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    try:
+        return distribution_version("agent-sleepwake")
+    except PackageNotFoundError:
+        from app import __version__
+
+        return __version__
+
+
+def program_name(argv0: str | None = None) -> str:
+    """How the user ran it: ``agent-sleepwake`` as the console script, ``python -m app``
+    as a module."""
+    name = Path(argv0 if argv0 is not None else sys.argv[0]).name
+    return "python -m app" if name in ("__main__.py", "-m", "-c", "") else name
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=prog or program_name(), description=__doc__)
     parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="upgrade DATABASE_URL to the newest revision")
 
     worker = sub.add_parser("worker", help="wake sleeping sessions when they are due")
     worker.add_argument("--on-resume", metavar="MODULE:FUNCTION", help="resume hook to call")
     worker.add_argument("--batch-size", type=BATCH, help="sessions per claim (BATCH_SIZE)")
+    worker.add_argument(
+        "--once", action="store_true", help="one pass (wake what is due, deliver), then exit"
+    )
     worker.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics here")
 
     daemon = sub.add_parser("daemon", help="sleep silent over-budget sessions, stop runaways")
     daemon.add_argument("--batch-size", type=BATCH, help="sessions per pass (BATCH_SIZE)")
+    daemon.add_argument("--once", action="store_true", help="one pass, then exit")
     daemon.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics here")
 
     events = sub.add_parser("events", help="deliver budget events to WEBHOOK_URL, signed")
@@ -608,6 +670,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="even while a hook runs it: a new token fences the running runner",
     )
+    wake = actions.add_parser(
+        "wake", help="wake a sleeping session now (development: no waiting for midnight)"
+    )
+    wake.add_argument("id", type=identifier)
     cancel = actions.add_parser("cancel", help="complete a session (terminal)")
     cancel.add_argument("id", type=identifier)
     purge = actions.add_parser(
@@ -626,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
         "delete", help="remove a session entirely: row, checkpoints, ledger rows, Redis key"
     )
     erase.add_argument("id", type=identifier)
-    for each in (listing, shown, again, cancel, purge, erase):
+    for each in (listing, shown, wake, again, cancel, purge, erase):
         each.add_argument("--json", action="store_true", help="JSON for scripts")
     topup = sub.add_parser("top-up", help="add money to a user's budget now (wakes sessions)")
     topup.add_argument(
