@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 
 from app import lifecycle
 from app.db.models import AgentEvent, BudgetDay
-from app.domain import Tier
+from app.domain import InvalidTransition, SessionStatus, Tier
 from app.lifecycle import Runtime
 from app.session_store import RedisSessionStore
 
@@ -111,8 +111,15 @@ async def recycle(
                     output_tokens=0,
                 )
                 charged += result.cost_microdollars
-            await lifecycle.stop_session(rt, session_id, reason="recycled")
-            done.stops[session_id] = done.stops.get(session_id, 0) + 1
+            try:
+                await lifecycle.stop_session(rt, session_id, reason="recycled")
+            except InvalidTransition as exc:
+                # A daemon put it to sleep first (it was over its day): a stop from
+                # sleeping is not a move, so this incarnation reports no stop.
+                if exc.current is not SessionStatus.SLEEPING:
+                    raise
+            else:
+                done.stops[session_id] = done.stops.get(session_id, 0) + 1
             snapshot: dict[str, Any] | None = await store.get(session_id)
             await lifecycle.delete_session(rt, session_id)
             done.charged_cost += charged

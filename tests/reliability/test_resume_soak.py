@@ -92,6 +92,7 @@ async def test_resume_soak(
 
     operator = Runtime(create_session_factory(engine), store, settings)
     redeliveries: Counter[str] = Counter()
+    forced: set[str] = set()  # sessions an operator gave a new token
 
     async def redeliver_some() -> None:
         """An operator redelivers a few sessions: refused while a hook holds one,
@@ -107,6 +108,8 @@ async def test_resume_soak(
                 redeliveries["not working"] += 1
             else:
                 redeliveries["forced" if force else "owed"] += 1
+                if force:
+                    forced.add(sid)
 
     kills = 0
     worst = 0
@@ -169,7 +172,9 @@ async def test_resume_soak(
     assert [r.id for r in rows if r.resume_parked_at is not None] == []
     assert [r.id for r in rows if r.resume_due_at is not None] == []  # all acknowledged
     # A delivery whose hook failed was delivered again with the same token.
-    assert failed - delivered == set()
+    # (Unless an operator forced a new token meanwhile: the failed token is fenced then,
+    # and the session is delivered under the new one.)
+    assert {(sid, token) for sid, token in failed - delivered if sid not in forced} == set()
     assert happened["completed"] >= SESSIONS
     # The mirror: completed sessions have no key left, whatever the writes' order.
     for r in rows:

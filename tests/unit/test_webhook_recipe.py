@@ -1,5 +1,5 @@
 """The operations page's webhook verification recipe accepts what the deliverer signs and
-refuses a wrong secret, a changed body and an old timestamp."""
+refuses a wrong secret, a changed body, an old timestamp and a malformed header."""
 
 from __future__ import annotations
 
@@ -34,3 +34,17 @@ def test_the_readme_recipe_verifies_the_deliverers_signature() -> None:
     assert not verify("whsec-2", header, body)
     assert not verify("whsec-1", header, body.replace(b"e-1", b"e-2"))
     assert not verify("whsec-1", sign("whsec-1", now - 3600, body), body)
+
+
+def test_the_recipe_refuses_a_malformed_header_without_raising() -> None:
+    verify = recipe()
+    body = b"{}"
+    for header in (
+        "",
+        "t=abc,v1=00",
+        "v1=\u00e9,t=1",
+        "t=" + "9" * 5000,
+        "t=\u0661,v1=0",
+        "garbage",
+    ):
+        assert verify("whsec-1", header, body) is False, header
