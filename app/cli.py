@@ -33,6 +33,7 @@ from app.domain import (
     ResumeInProgress,
     SessionNotFound,
     SessionStatus,
+    Tier,
 )
 from app.lifecycle import (
     PurgeReport,
@@ -42,6 +43,7 @@ from app.lifecycle import (
     delete_session,
     describe,
     find_sessions,
+    get_user,
     inspect_session,
     list_prices,
     purge_finished,
@@ -49,6 +51,7 @@ from app.lifecycle import (
     set_price,
     status,
     top_up,
+    upsert_user,
     wake_session,
 )
 from app.logs import configure_logging, escape
@@ -373,8 +376,9 @@ async def cmd_sessions(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_usd(text: str) -> int:
-    """``"12.50"`` -> 12_500_000 microdollars: a positive amount, exact to the microdollar."""
+def parse_usd(text: str, name: str = "AMOUNT_USD", *, zero: bool = False) -> int:
+    """``"12.50"`` -> 12_500_000 microdollars: a positive amount (or 0 with ``zero``),
+    exact to the microdollar. ``name`` is the argument the error names."""
     try:
         micro = to_micro(text.strip().removeprefix("$"), dollars=True)
     except ValueError as exc:
@@ -383,9 +387,9 @@ def parse_usd(text: str) -> int:
             if str(exc) == "negative"
             else f"must be a number of dollars, exact to the microdollar ({exc})"
         )
-        raise UsageError(f"AMOUNT_USD {reason}, got {text!r}") from None
-    if micro <= 0:
-        raise UsageError(f"AMOUNT_USD must be positive, got {text!r}")
+        raise UsageError(f"{name} {reason}, got {text!r}") from None
+    if micro < 0 or (micro == 0 and not zero):
+        raise UsageError(f"{name} must be {'0 or more' if zero else 'positive'}, got {text!r}")
     return micro
 
 
@@ -393,6 +397,56 @@ def format_usd(microdollars: int) -> str:
     """12_500_000 -> ``$12.50``; sub-cent amounts keep their digits (``$0.000001``)."""
     whole, fraction = divmod(microdollars, 1_000_000)
     return f"${whole:,}." + f"{fraction:06d}".rstrip("0").ljust(2, "0")
+
+
+def user_view(user: Any) -> dict[str, Any]:
+    """A ``UserSettings`` row as the CLI shows it (the CLI imports no model)."""
+    renewal = user.subscription_renewal_date
+    return {
+        "clerk_user_id": user.clerk_user_id,
+        "tier": user.tier,
+        "subscription_renewal_date": None if renewal is None else renewal.isoformat(),
+        "budget_override_microdollars": user.budget_override_microdollars,
+    }
+
+
+async def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
+    async with connect(settings, embedded_ok=False) as c:
+        await c.require_schema()
+        rt = Runtime(c.session_factory, c.store, settings)
+        try:
+            if args.action == "set":
+                changes: dict[str, Any] = {}
+                if args.tier is not None:
+                    changes["tier"] = args.tier
+                if args.renewal is not None:
+                    changes["subscription_renewal_date"] = (
+                        None if args.renewal == "none" else parse_time(args.renewal)
+                    )
+                if args.budget_override is not None:
+                    changes["budget_override_microdollars"] = (
+                        None
+                        if args.budget_override == "none"
+                        else parse_usd(args.budget_override, "--budget-override", zero=True)
+                    )
+                user = await upsert_user(rt, clerk_user_id=args.user_id, **changes)
+            else:
+                found = await get_user(rt, args.user_id)
+                if found is None:
+                    print(f"error: no user {escape(args.user_id)}", file=sys.stderr)
+                    return 1
+                user = found
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(str(exc)) from exc
+        except InvalidInput as exc:
+            raise UsageError(str(exc)) from exc
+    view = user_view(user)
+    if args.json:
+        print(json.dumps(view))
+    else:
+        for key, value in view.items():
+            print(f"{key:<30} {'-' if value is None else escape(str(value))}")
+    return 0
 
 
 async def cmd_top_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -694,6 +748,26 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     erase.add_argument("id", type=identifier)
     for each in (listing, shown, wake, again, cancel, purge, erase):
         each.add_argument("--json", action="store_true", help="JSON for scripts")
+    users = sub.add_parser("users", help="create, change or show a user's settings")
+    user_actions = users.add_subparsers(dest="action", required=True)
+    user_set = user_actions.add_parser(
+        "set", help="create a user (needs --tier) or change the settings given"
+    )
+    user_set.add_argument("user_id", metavar="USER_ID", type=identifier)
+    user_set.add_argument("--tier", choices=[t.value for t in Tier])
+    user_set.add_argument(
+        "--renewal", metavar="TIME|none", help="subscription renewal, ISO 8601 with offset"
+    )
+    user_set.add_argument(
+        "--budget-override",
+        metavar="USD|none",
+        help="the period allowance instead of the tier's, in dollars",
+    )
+    user_show = user_actions.add_parser("show", help="a user's settings")
+    user_show.add_argument("user_id", metavar="USER_ID", type=identifier)
+    for each in (user_set, user_show):
+        each.add_argument("--json", action="store_true", help="JSON for scripts")
+
     topup = sub.add_parser("top-up", help="add money to a user's budget now (wakes sessions)")
     topup.add_argument(
         "user_id", metavar="USER_ID", type=identifier, help="the user's clerk_user_id"
@@ -787,6 +861,7 @@ COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
     "sessions": cmd_sessions,
+    "users": cmd_users,
     "top-up": cmd_top_up,
     "prices": cmd_prices,
     "demo": cmd_demo,

@@ -24,7 +24,7 @@ from app import usage_metrics
 from app.budget import policy
 from app.budget.pricing import Band, Rates
 from app.clock import Clock, utc_now
-from app.db.models import AgentCheckpoint, AgentSession
+from app.db.models import AgentCheckpoint, AgentSession, UserSettings
 from app.domain import (
     Decision,
     DomainError,
@@ -50,10 +50,12 @@ from app.repositories import (
     ResumeRepository,
     RetentionRepository,
     SessionRepository,
+    UserRepository,
     session_event,
 )
 from app.repositories.checkpoint_cache import HistoryCache
 from app.repositories.events import dedup_key
+from app.repositories.users import KEEP, Keep
 from app.session_store import CheckpointMeta, RedisSessionStore, session_snapshot
 from app.settings import Settings
 from app.validation import parse_enum, require_id, require_int, require_text
@@ -628,6 +630,35 @@ async def resume_session(
     log_wake(restored, reason)
     await write_key(rt, session, checkpoint)
     return restored
+
+
+async def upsert_user(
+    rt: Runtime,
+    *,
+    clerk_user_id: str,
+    tier: Tier | str | Keep = KEEP,
+    subscription_renewal_date: datetime | Keep | None = KEEP,
+    budget_override_microdollars: int | Keep | None = KEEP,
+) -> UserSettings:
+    """Create a user, or change the fields given (``None`` clears the renewal date or
+    the override), in its own transaction. A new user needs a ``tier``. Budget days
+    already made keep their budget; a change applies from the next budget day on."""
+    async with rt.session_factory.begin() as s:
+        user = await UserRepository(s).upsert(
+            clerk_user_id,
+            tier=tier,
+            subscription_renewal_date=subscription_renewal_date,
+            budget_override_microdollars=budget_override_microdollars,
+        )
+    log.info("user user=%s tier=%s", user.clerk_user_id, user.tier)
+    return user
+
+
+async def get_user(rt: Runtime, clerk_user_id: str) -> UserSettings | None:
+    """The user's settings, or None when the user has no row (then the tier a session
+    was started with decides, over 30-day periods)."""
+    async with rt.session_factory() as s:
+        return await UserRepository(s).get(clerk_user_id)
 
 
 async def top_up(
@@ -1410,6 +1441,7 @@ __all__ = [
     "events_pending",
     "find_sessions",
     "gauges",
+    "get_user",
     "heartbeat",
     "inspect_session",
     "latest_checkpoint",
@@ -1427,6 +1459,7 @@ __all__ = [
     "status",
     "stop_session",
     "top_up",
+    "upsert_user",
     "wake_due",
     "wake_session",
     "write_key",

@@ -13,8 +13,10 @@ from app.repositories.prices import PriceEntry, PriceRepository
 from app.repositories.resume import ResumeRepository
 from app.repositories.retention import Deleted, Purged, RetentionRepository
 from app.repositories.sessions import WAKE_CHANNEL, SessionRepository
+from app.repositories.users import KEEP, UserRepository
 
 __all__ = [
+    "KEEP",
     "WAKE_CHANNEL",
     "BudgetRepository",
     "ChargeResult",
@@ -31,6 +33,7 @@ __all__ = [
     "ResumeRepository",
     "RetentionRepository",
     "SessionRepository",
+    "UserRepository",
     "session_event",
     "threshold_events",
 ]

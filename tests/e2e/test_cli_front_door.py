@@ -4,6 +4,7 @@ scripts and checks, and waking a sleeping session now for development."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,34 @@ async def test_sessions_wake_wakes_a_sleeper_now_and_refuses_anything_else(
     assert len(lines) == 1
     assert "working" in lines[0]
     assert "Traceback" not in again.stderr
+
+
+async def test_users_set_and_show(
+    e2e_db: tuple[str, AsyncEngine], redis_url: str, key_prefix: str
+) -> None:
+    url, _ = e2e_db
+    env = base_env(DATABASE_URL=url, REDIS_URL=redis_url, REDIS_PREFIX=key_prefix)
+
+    made = await run_app(
+        env, "users", "set", "u-cli", "--tier", "partner", "--renewal", "2031-06-15T00:00:00Z"
+    )
+    changed = await run_app(env, "users", "set", "u-cli", "--budget-override", "12.50")
+    shown = await run_app(env, "users", "show", "u-cli", "--json")
+    missing = await run_app(env, "users", "show", "u-nobody")
+    new_without_tier = await run_app(env, "users", "set", "u-new")
+    bad_amount = await run_app(env, "users", "set", "u-cli", "--budget-override", "NaN")
+
+    assert made.returncode == 0, made.stderr
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(shown.stdout) == {
+        "clerk_user_id": "u-cli",
+        "tier": "partner",
+        "subscription_renewal_date": "2031-06-15T00:00:00+00:00",
+        "budget_override_microdollars": 12_500_000,
+    }
+    assert missing.returncode == 1
+    for refused, names in ((new_without_tier, "tier"), (bad_amount, "--budget-override")):
+        assert refused.returncode == 2
+        lines = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, lines
+        assert names in lines[0]

@@ -26,6 +26,7 @@ from app.repositories import (
     ResumeRepository,
     RetentionRepository,
     SessionRepository,
+    UserRepository,
 )
 from app.settings import SONNET, Settings
 from tests.integration.helpers import Factory, make_session
@@ -41,6 +42,7 @@ REPOSITORIES = (
     EventRepository,
     PriceRepository,
     RetentionRepository,
+    UserRepository,
 )
 
 Call = Callable[[AsyncSession], Awaitable[Any]]
@@ -115,6 +117,8 @@ CALLS: dict[str, Call] = {
         max_output_tokens=10,
         now=NOW,
     ),
+    "UserRepository.upsert": lambda s: UserRepository(s).upsert("u-9", tier="partner"),
+    "UserRepository.get": lambda s: UserRepository(s).get("u"),
     "PriceRepository.list": lambda s: PriceRepository(s).list(),
     "PriceRepository.in_force": lambda s: PriceRepository(s).in_force(SONNET, at=NOW),
     "PriceRepository.add": lambda s: PriceRepository(s).add(
