@@ -489,6 +489,33 @@ def parse_per_mtok(text: str) -> int:
         ) from None
 
 
+#: Below this a price per million tokens is almost surely dollars given as microdollars
+#: ($0.001 per Mtok: no model is priced near it).
+SUSPICIOUS_PER_MTOK: Final = 1_000
+
+
+def refuse_unit_slips(args: argparse.Namespace) -> None:
+    """``prices set --input 3`` means 3 µ$ per Mtok, which nobody charges: refuse such
+    a price unless ``--yes`` confirms it."""
+    if args.yes:
+        return
+    given = {
+        "--input": args.input,
+        "--output": args.output,
+        "--cache-write-5m": args.cache_write_5m,
+        "--cache-write-1h": args.cache_write_1h,
+        "--cache-read": args.cache_read,
+    }
+    for threshold, figures in args.band:
+        given.update({f"--band {threshold}": figure for figure in figures})
+    for name, value in given.items():
+        if value is not None and 0 < value < SUSPICIOUS_PER_MTOK:
+            raise UsageError(
+                f"{name} is {value} µ$ per million tokens (${value / 1_000_000:f}): for dollars"
+                f" write ${value} (or pass --yes if {value} µ$ is meant)"
+            )
+
+
 def parse_band(text: str) -> tuple[int, list[int]]:
     """A band by prompt size: ``TOKENS:INPUT:OUTPUT`` or
     ``TOKENS:INPUT:OUTPUT:WRITE_5M:WRITE_1H:READ``, each price as ``parse_per_mtok`` reads
@@ -533,6 +560,7 @@ async def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
         rt = c.runtime(settings)
         try:
             if args.action == "set":
+                refuse_unit_slips(args)
                 base = rates(
                     args.input,
                     args.output,
@@ -564,6 +592,13 @@ async def cmd_prices(settings: Settings, args: argparse.Namespace) -> int:
             entries = await list_prices(rt, model=args.model)
         except InvalidInput as exc:
             raise UsageError(str(exc)) from exc
+    if args.model is not None and not entries:
+        print(
+            f"error: no price for model {escape(args.model)!r}: charges of it are refused"
+            " as UnknownModel unless MODEL_PRICES has a fallback (add one with `prices set`)",
+            file=sys.stderr,
+        )
+        return 1
     now = rt.clock()
     in_force = {}
     for entry in entries:  # by model and time: the last one not after now is in force
@@ -789,6 +824,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "set", help="add a model's price from a time on (never changes a past charge)"
     )
     pset.add_argument("model", metavar="MODEL")
+    pset.add_argument(
+        "--yes", action="store_true", help="accept a price below $0.001 per Mtok as meant"
+    )
     per_mtok = "per million tokens: microdollars (3000000) or dollars ($3)"
     pset.add_argument("--input", type=parse_per_mtok, required=True, help=per_mtok)
     pset.add_argument("--output", type=parse_per_mtok, required=True, help=per_mtok)

@@ -14,7 +14,7 @@ from app.domain import InvalidInput
 from tests.e2e.conftest import base_env, run_app
 
 LATER = "2999-01-01T00:00:00Z"
-PRICE = ["prices", "set", "claude-x", "--output", "1", "--from", LATER]
+PRICE = ["prices", "set", "claude-x", "--output", "$1", "--from", LATER]
 
 #: (argv, extra environment, what the line must name: the argument, then the value)
 BAD: list[tuple[list[str], dict[str, str], tuple[str, str]]] = [

@@ -15,7 +15,7 @@ async def test_set_and_list_a_banded_price(e2e_db: tuple[str, AsyncEngine], redi
     model = "test-cli-bands"
     done = await run_app(
         env, "prices", "set", model, "--input", "$3", "--output", "$15",
-        "--band", "200000:$6:$22.50", "--band", "500_000:$9:$30:10000000:20000000:1",
+        "--band", "200000:$6:$22.50", "--band", "500_000:$9:$30:10000000:20000000:900000",
         "--web-search-per-1k", "$10", "--from", "2999-01-01T00:00:00Z",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -40,7 +40,7 @@ async def test_set_and_list_a_banded_price(e2e_db: tuple[str, AsyncEngine], redi
             "output_per_mtok": 30_000_000,
             "cache_write_5m_per_mtok": 10_000_000,
             "cache_write_1h_per_mtok": 20_000_000,
-            "cache_read_per_mtok": 1,
+            "cache_read_per_mtok": 900_000,
         },
     ]
     # The seeded bands show in the table, under their row.
@@ -49,7 +49,7 @@ async def test_set_and_list_a_banded_price(e2e_db: tuple[str, AsyncEngine], redi
     assert "$10.00" in table  # web search per 1,000
 
     bad = await run_app(
-        env, "prices", "set", model, "--input", "1", "--output", "1", "--band", "200000:$6",
+        env, "prices", "set", model, "--input", "$1", "--output", "$1", "--band", "200000:$6",
         "--from", "2999-02-01T00:00:00Z",
     )  # fmt: skip
     assert bad.returncode == 2

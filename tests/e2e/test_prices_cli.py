@@ -41,12 +41,37 @@ async def test_list_and_set(e2e_db: tuple[str, AsyncEngine], redis_url: str) -> 
     assert f"* {SONNET}" in table
 
     past = await prices(
-        env, "set", SONNET, "--input", "1", "--output", "1", "--from", "2001-01-01T00:00:00Z"
+        env, "set", SONNET, "--input", "$1", "--output", "$1", "--from", "2001-01-01T00:00:00Z"
     )
     naive = await prices(
-        env, "set", SONNET, "--input", "1", "--output", "1", "--from", "2999-01-01T00:00:00"
+        env, "set", SONNET, "--input", "$1", "--output", "$1", "--from", "2999-01-01T00:00:00"
     )
     assert (past.returncode, naive.returncode) == (2, 2)
     assert "in the past" in past.stderr
     assert "offset" in naive.stderr
     assert len(json.loads((await prices(env, "list", "--model", SONNET, "--json")).stdout)) == 2
+
+
+async def test_a_price_that_looks_like_dollars_is_refused_unless_confirmed(
+    e2e_db: tuple[str, AsyncEngine], redis_url: str
+) -> None:
+    url, _ = e2e_db
+    env = base_env(DATABASE_URL=url, REDIS_URL=redis_url)
+    later = "2999-03-01T00:00:00Z"
+
+    slip = await prices(env, "set", "my-model", "--input", "3", "--output", "$15", "--from", later)
+    assert slip.returncode == 2
+    lines = [line for line in slip.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "--input" in lines[0]
+    assert "$3" in lines[0]
+    listed = await prices(env, "list", "--model", "my-model")
+    assert listed.returncode == 1  # nothing was written, and the list says so plainly
+    assert "no price for model 'my-model'" in listed.stderr
+
+    meant = await prices(
+        env, "set", "my-model", "--input", "3", "--output", "$15", "--from", later, "--yes"
+    )
+    assert meant.returncode == 0, meant.stderr
+    rows = json.loads((await prices(env, "list", "--model", "my-model", "--json")).stdout)
+    assert [(r["input_per_mtok"], r["output_per_mtok"]) for r in rows] == [(3, 15_000_000)]
