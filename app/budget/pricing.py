@@ -213,6 +213,11 @@ class TokenUsage:
     def cache_creation_5m_input_tokens(self) -> int:
         return self.cache_creation_input_tokens - self.cache_creation_1h_input_tokens
 
+    @classmethod
+    def from_usage(cls, usage: Any) -> TokenUsage:
+        """A provider's usage report, whatever its shape (see :func:`parse_usage`)."""
+        return parse_usage(usage)
+
     @property
     def prompt_tokens(self) -> int:
         """The prompt as the provider counts it for bands: input + cache writes + reads."""
@@ -265,6 +270,135 @@ def _field(source: Any, name: str) -> Any:
 
 
 def parse_usage(usage: Any, *, field: str = "usage") -> TokenUsage:
+    """A provider's usage report as a ``TokenUsage``, whatever its shape:
+
+    * OpenAI Chat Completions (``prompt_tokens``, ``completion_tokens``,
+      ``prompt_tokens_details.cached_tokens``): the cached tokens are part of the
+      prompt, and are priced as cache reads;
+    * OpenAI Responses (``input_tokens`` with ``input_tokens_details.cached_tokens``):
+      likewise;
+    * LangChain ``usage_metadata`` (``total_tokens``, ``input_token_details`` with
+      ``cache_read`` / ``cache_creation``): its ``input_tokens`` include both;
+    * the Anthropic SDK's ``Usage`` or its dict (below), where ``input_tokens`` counts
+      neither.
+
+    Output tokens include reasoning tokens, which are billed as output. A part of the
+    usage that is billed at a price no class here holds (audio tokens) is refused.
+    """
+    if usage is None or isinstance(usage, str | bytes | int | float | list | tuple):
+        raise InvalidInput(
+            f"{field} must be a provider's usage object or its dict form, not"
+            f" {type(usage).__name__}",
+            field=field,
+        )
+    where = field + "."
+    if _field(usage, "prompt_tokens") is not None or _field(usage, "completion_tokens") is not None:
+        return _cached_within_input(
+            usage, where, "prompt_tokens", "completion_tokens", "prompt_tokens_details",
+            "completion_tokens_details",
+        )  # fmt: skip
+    if _field(usage, "input_tokens_details") is not None:
+        return _cached_within_input(
+            usage, where, "input_tokens", "output_tokens", "input_tokens_details",
+            "output_tokens_details",
+        )  # fmt: skip
+    if _field(usage, "input_token_details") is not None or (
+        _field(usage, "total_tokens") is not None
+        and all(_field(usage, k) is None for k in _ANTHROPIC_ONLY)
+    ):
+        return _langchain_usage(usage, where)
+    return _anthropic_usage(usage, field)
+
+
+#: Fields only an Anthropic usage has: their presence says the shape.
+_ANTHROPIC_ONLY: Final = (
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation",
+    "server_tool_use",
+    "service_tier",
+)
+
+
+def _details(usage: Any, name: str, where: str) -> Any:
+    found = _field(usage, name)
+    if found is not None and not isinstance(found, Mapping) and not hasattr(found, "__dict__"):
+        raise InvalidInput(
+            f"{where}{name} must be an object of counts, not {type(found).__name__}",
+            field=where + name,
+        )
+    return found
+
+
+def _count(owner: Any, name: str, where: str) -> int:
+    value = None if owner is None else _field(owner, name)
+    return require_int(0 if value is None else value, where + name, maximum=MAX_TOKENS_PER_CALL)
+
+
+def _refuse_audio(details: Any, where: str) -> None:
+    if details is not None and _count(details, "audio_tokens", where) > 0:
+        raise InvalidInput(
+            f"{where}audio_tokens are not priced (audio has prices of its own)",
+            field=where + "audio_tokens",
+        )
+
+
+def _cached_within_input(
+    usage: Any, where: str, prompt: str, completion: str, prompt_details: str, output_details: str
+) -> TokenUsage:
+    """OpenAI's shapes: the prompt count includes its cached tokens."""
+    for required in (prompt, completion):
+        if _field(usage, required) is None:
+            raise InvalidInput(f"{where}{required} is missing", field=where + required)
+    details = _details(usage, prompt_details, where)
+    dwhere = f"{where}{prompt_details}."
+    total = _count(usage, prompt, where)
+    cached = _count(details, "cached_tokens", dwhere)
+    if cached > total:
+        raise InvalidInput(
+            f"{dwhere}cached_tokens ({cached}) is more than {where}{prompt} ({total})",
+            field=dwhere + "cached_tokens",
+        )
+    _refuse_audio(details, dwhere)
+    _refuse_audio(_details(usage, output_details, where), f"{where}{output_details}.")
+    return token_usage(
+        input_tokens=total - cached,
+        output_tokens=_field(usage, completion),
+        cache_read_input_tokens=cached,
+        where=where,
+    )
+
+
+def _langchain_usage(usage: Any, where: str) -> TokenUsage:
+    """LangChain's ``usage_metadata``: ``input_tokens`` include cache reads and writes."""
+    for required in ("input_tokens", "output_tokens"):
+        if _field(usage, required) is None:
+            raise InvalidInput(f"{where}{required} is missing", field=where + required)
+    details = _details(usage, "input_token_details", where)
+    dwhere = where + "input_token_details."
+    total = _count(usage, "input_tokens", where)
+    reads = _count(details, "cache_read", dwhere)
+    writes = _count(details, "cache_creation", dwhere)
+    hour = _count(details, "ephemeral_1h_input_tokens", dwhere)
+    if reads + writes > total:
+        raise InvalidInput(
+            f"{dwhere}cache_read + cache_creation ({reads + writes}) is more than"
+            f" {where}input_tokens ({total})",
+            field=dwhere + "cache_read",
+        )
+    if details is not None and _count(details, "audio", dwhere) > 0:
+        raise InvalidInput(f"{dwhere}audio is not priced", field=dwhere + "audio")
+    return token_usage(
+        input_tokens=total - reads - writes,
+        output_tokens=_field(usage, "output_tokens"),
+        cache_creation_input_tokens=writes,
+        cache_creation_1h_input_tokens=min(hour, writes),
+        cache_read_input_tokens=reads,
+        where=where,
+    )
+
+
+def _anthropic_usage(usage: Any, field: str) -> TokenUsage:
     """The Anthropic SDK's ``Usage`` object, or its dict form, as a ``TokenUsage``.
 
     Reads ``input_tokens``, ``output_tokens``, ``cache_creation_input_tokens``,
@@ -276,12 +410,6 @@ def parse_usage(usage: Any, *, field: str = "usage") -> TokenUsage:
     the bill and has no price here (``speed: "fast"``, an ``inference_geo`` other than
     "global", a server tool counter other than web search and web fetch) is refused.
     """
-    if usage is None or isinstance(usage, str | bytes | int | float | list | tuple):
-        raise InvalidInput(
-            f"{field} must be an Anthropic Usage object or its dict form, not"
-            f" {type(usage).__name__}",
-            field=field,
-        )
     where = field + "."
     for required in ("input_tokens", "output_tokens"):
         if _field(usage, required) is None:
