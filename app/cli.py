@@ -62,6 +62,7 @@ from app.settings import (
     is_secret_setting,
     mask_secrets,
 )
+from app.webhooks import secret_keys
 from app.workers import BudgetDaemon, WakeWorker, metrics
 from app.workers.events import EventDeliverer
 from app.workers.wake import ResumeHook
@@ -203,8 +204,13 @@ def require_webhook_settings(settings: Settings) -> None:
     if settings.webhook_url and not settings.webhook_secret:
         raise UsageError(
             "WEBHOOK_URL is set but WEBHOOK_SECRET is not: set a secret, so that receivers"
-            " can verify the X-Signature of each event"
+            " can verify the webhook-signature of each event"
         )
+    if settings.webhook_secret:
+        try:
+            secret_keys(settings.webhook_secret)
+        except InvalidInput as exc:
+            raise UsageError(f"WEBHOOK_SECRET is invalid: {exc}") from None
 
 
 def deliverer_for(c: Connected, settings: Settings) -> EventDeliverer | None:

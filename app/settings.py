@@ -274,7 +274,9 @@ class Settings(BaseSettings):
     retention_days: Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)] = 30
     retention_batch: Batch = 500
     # Budget events (DESIGN.md §8): the outbox's deliverer POSTs each one to WEBHOOK_URL,
-    # signed with WEBHOOK_SECRET (X-Signature: t=<unix time>,v1=<HMAC-SHA256 hex>).
+    # signed with WEBHOOK_SECRET as Standard Webhooks define it (webhook-id,
+    # webhook-timestamp, webhook-signature: v1,<base64 HMAC-SHA256>); several
+    # space-separated secrets all sign, for a key rotation.
     # No URL: events stay in the outbox, undelivered, until one is set.
     webhook_url: str | None = None
     webhook_secret: str | None = None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from app.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
+from app.webhooks import ID_HEADER, verify
 
 
 @dataclass
@@ -21,8 +21,10 @@ class Received:
     event_id: str
     header_id: str
     signature_valid: bool
+    headers: dict[str, str]
     body: dict[str, Any]
     answered: int  # the status sent back; 0 when the connection was dropped
+    raw: bytes = b""  # the body's bytes, as signed
 
 
 @dataclass
@@ -74,12 +76,8 @@ class WebhookServer:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                valid = verify(
-                    server.secret,
-                    self.headers.get(SIGNATURE_HEADER, ""),
-                    body,
-                    now=time.time(),
-                )
+                headers = {name: value for name, value in self.headers.items()}
+                valid = verify(server.secret, headers, body, now=time.time())
                 with server._lock:
                     server._count += 1
                     n = server._count
@@ -95,10 +93,12 @@ class WebhookServer:
                     server.received.append(
                         Received(
                             parsed["id"],
-                            self.headers.get(EVENT_ID_HEADER, ""),
+                            self.headers.get(ID_HEADER, ""),
                             valid,
+                            headers,
                             parsed,
                             status,
+                            body,
                         )
                     )
                 if drop:

@@ -24,7 +24,7 @@ from app.lifecycle import (
 )
 from app.session_store import RedisSessionStore
 from app.settings import Settings, mask_secrets, mask_url
-from app.webhooks import EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER, sign
+from app.webhooks import EVENT_TYPE_HEADER, secret_keys, sign
 from app.workers import metrics
 from app.workers.backoff import tick_forever
 
@@ -64,6 +64,7 @@ class EventDeliverer:
         self.settings = settings
         self.url = settings.webhook_url
         self.secret = settings.webhook_secret
+        secret_keys(self.secret)  # a whsec_ secret that is not base64 fails here, named
         self.secrets = settings.secrets()
         #: The URL as logs and errors show it: no credentials, no query tokens.
         self.shown_url = mask_url(settings.webhook_url, every_query_value=True)
@@ -78,9 +79,8 @@ class EventDeliverer:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            EVENT_ID_HEADER: event.event_id,
             EVENT_TYPE_HEADER: event.type,
-            SIGNATURE_HEADER: sign(self.secret, int(self.timestamp()), body),
+            **sign(self.secret, event.event_id, int(self.timestamp()), body),
         }
         deadline = self.settings.webhook_timeout_seconds
         try:

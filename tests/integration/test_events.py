@@ -5,11 +5,13 @@ to a real HTTP server that fails now and then."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import standardwebhooks
 from sqlalchemy import select, text
 
 from app.db.models import AgentCheckpoint, AgentEvent, UserSettings
@@ -172,12 +174,13 @@ async def test_sleep_wake_stop_are_reported(rt: Runtime, session_factory: Factor
 
 def test_signatures_verify_and_refuse_tampering_and_replays() -> None:
     body = b'{"id": "e-1"}'
-    header = sign("k", 1_700_000_000, body)
-    assert verify("k", header, body, now=1_700_000_010)
-    assert not verify("other", header, body, now=1_700_000_010)
-    assert not verify("k", header, body + b" ", now=1_700_000_010)
-    assert not verify("k", header, body, now=1_700_001_000)  # older than 5 minutes
-    assert not verify("k", "garbage", body, now=1_700_000_010)
+    headers = sign("k", "e-1", 1_700_000_000, body)
+    assert verify("k", headers, body, now=1_700_000_010)
+    assert not verify("other", headers, body, now=1_700_000_010)
+    assert not verify("k", headers, body + b" ", now=1_700_000_010)
+    assert not verify("k", {**headers, "webhook-id": "e-2"}, body, now=1_700_000_010)
+    assert not verify("k", headers, body, now=1_700_001_000)  # older than 5 minutes
+    assert not verify("k", {"webhook-signature": "garbage"}, body, now=1_700_000_010)
 
 
 async def test_every_event_arrives_signed_through_a_flaky_receiver(
@@ -323,3 +326,43 @@ async def test_a_top_up_is_reported_with_the_sessions_it_resumed(
     assert bought.payload["sessions_moved"] == 1
     woken = await events(session_factory, EventType.WOKEN)
     assert [(e.session_id, e.payload["reason"]) for e in woken] == [("s-1", "top-up")]
+
+
+async def test_deliveries_verify_with_the_standard_webhooks_library_during_a_rotation(
+    session_factory: Factory, store: RedisSessionStore
+) -> None:
+    """A receiver verifies with ``standardwebhooks.Webhook(secret).verify(body, headers)``:
+    with the old key and with the new one while ``WEBHOOK_SECRET`` holds both."""
+    old = "whsec_" + base64.b64encode(b"the old key, 32 bytes long......").decode()
+    new = "whsec_" + base64.b64encode(b"the new key, also 32 bytes long.").decode()
+    receiver = WebhookServer(f"{new} {old}").start()
+    try:
+        settings = make_settings(receiver.url).model_copy(update={"webhook_secret": f"{new} {old}"})
+        async with session_factory.begin() as s:
+            await emit(
+                s,
+                *(
+                    NewEvent(EventType.TOPPED_UP, f"rot-{i}", {"n": i}, clerk_user_id="u-1")
+                    for i in range(5)
+                ),
+            )
+        deliverer = EventDeliverer(session_factory, store, settings)
+
+        async def all_delivered() -> bool:
+            await deliverer.run_once()
+            return all(e.delivered_at is not None for e in await events(session_factory))
+
+        await eventually(all_delivered)
+        received = [r for r in receiver.snapshot() if r.answered == 204]
+    finally:
+        receiver.stop()
+    assert len(received) == 5
+    for each in received:
+        for secret in (new, old):
+            verified = standardwebhooks.Webhook(secret).verify(each.raw, each.headers)
+            assert verified["id"] == each.event_id
+        stranger = "whsec_" + base64.b64encode(b"not a key of ours, 32 bytes!!...").decode()
+        with pytest.raises(standardwebhooks.WebhookVerificationError):
+            standardwebhooks.Webhook(stranger).verify(each.raw, each.headers)
+        with pytest.raises(standardwebhooks.WebhookVerificationError):
+            standardwebhooks.Webhook(new).verify(each.raw + b" ", each.headers)

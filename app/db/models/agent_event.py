@@ -38,7 +38,7 @@ class AgentEvent(Base):
     id: Mapped[int] = mapped_column(
         BigInteger, Identity(), primary_key=True, init=False, repr=False, sort_order=-1
     )
-    #: What receivers deduplicate on (the ``X-Event-Id`` header and the body's ``id``).
+    #: What receivers deduplicate on (the ``webhook-id`` header and the body's ``id``).
     event_id: Mapped[Any] = mapped_column(
         UUID(as_uuid=False),
         server_default=func.gen_random_uuid(),
