@@ -148,6 +148,11 @@ class RestoredSession:
     def of(cls, session: AgentSession, checkpoint: AgentCheckpoint | None) -> RestoredSession:
         if session.resume_token is None:  # pragma: no cover - every move to working sets it
             raise ValueError(f"session {session.id!r} has no resume token")
+        if checkpoint is not None:
+            # Loaded checkpoints are transient copies: this changes no row. It makes the
+            # restored state the session's (working), so that a runner saving it as it is
+            # does not record the sleep it was saved with.
+            checkpoint.agent_state = session.status
         return cls(session, checkpoint, session.resume_token)
 
 

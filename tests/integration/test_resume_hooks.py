@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import lifecycle
+from app.db.models import AgentCheckpoint
 from app.lifecycle import RestoredSession, Runtime
+from app.repositories import CheckpointRepository
 from app.session_store import RedisSessionStore
 from app.settings import Settings
 from app.workers import WakeWorker
@@ -94,3 +96,31 @@ def test_a_worker_without_a_hook_warns(
     with caplog.at_level(logging.WARNING, logger="app.worker"):
         WakeWorker(session_factory, store, SETTINGS)
     assert any("without a resume hook" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_restored_checkpoint_says_working_and_saves_as_such(
+    session_factory: Factory, store: RedisSessionStore
+) -> None:
+    rt = Runtime(session_factory, store, SETTINGS)
+    session = await lifecycle.start_session(
+        rt, session_id="st-1", job_id="j", clerk_user_id="u-st", tier="partner"
+    )
+    await lifecycle.sleep_session(
+        rt,
+        AgentCheckpoint(
+            session_id="st-1", job_id="j", message_history=[{"n": 1}], iteration_number=1
+        ),
+        resume_token=session.resume_token,
+    )
+    restored = await lifecycle.wake_session(rt, "st-1")
+    assert restored.checkpoint is not None
+    assert restored.checkpoint.agent_state == "working"  # not the "sleeping" it was saved with
+    async with session_factory() as s:  # the stored row is left as it was
+        stored = await CheckpointRepository(s).load_latest("st-1")
+    assert stored is not None
+    assert stored.agent_state == "sleeping"
+
+    saved = await lifecycle.save_checkpoint(
+        rt, restored.checkpoint, resume_token=restored.resume_token
+    )  # as is, the way a hook that only resumes might
+    assert saved.agent_state == "working"

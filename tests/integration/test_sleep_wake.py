@@ -130,7 +130,8 @@ async def test_three_days_of_sleep_and_wake(
             "iteration_number",
         ):
             assert getattr(restored.checkpoint, name) == getattr(saved, name), name
-        assert restored.checkpoint.agent_state == "sleeping"
+        # The restored state is the session's: saved as it is, it does not record a sleep.
+        assert restored.checkpoint.agent_state == "working"
         new_day = midnight.date()
         async with rt.session_factory() as s:
             row = await s.get_one(BudgetDay, ("u-1", new_day))
