@@ -63,6 +63,9 @@ def stored_id(value: Any, field: str) -> str:
     must still be woken, mirrored and erased rather than stop the fleet."""
     if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
         raise InvalidInput(f"{field} must be a stored id, got {value!r}", field=field)
+    # What PostgreSQL's text cannot hold was never stored: NUL, and lone surrogates.
+    if "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+        raise InvalidInput(f"{field} cannot be a stored id: {value!r}", field=field)
     return value
 
 
