@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.db.models import AgentEvent
 from app.domain import EventType
@@ -121,6 +121,20 @@ async def test_a_trickling_receiver_fails_the_attempt_at_the_deadline_and_holds_
         await emit(s, *(NewEvent(EventType.TOPPED_UP, key, {"key": key}) for key in keys))
     deliverer = EventDeliverer(session_factory, store, settings)
 
+    # The events are due on the database's clock before the pass starts, and nobody has
+    # claimed them yet (a pass that finds nothing due would end before any delivery).
+    async def all_due() -> bool:
+        async with session_factory() as s:
+            due = await s.scalar(
+                select(func.count()).where(
+                    AgentEvent.delivered_at.is_(None),
+                    AgentEvent.attempts == 0,
+                    AgentEvent.next_attempt_at <= func.now(),
+                )
+            )
+        return due == len(keys)
+
+    await eventually(all_due)
     started = time.monotonic()
     attempt = asyncio.create_task(deliverer.run_once())
     # The other events of the same batch are recorded delivered while the slow answer
